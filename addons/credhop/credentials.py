@@ -1,0 +1,113 @@
+"""Credentials taken from a Location, their keyed fingerprints, and the headers they become.
+
+Where a credential comes from (a Location's userinfo) is kept apart from where
+it goes (a `HeaderTemplate`), so new sources and new header forms stay small.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import string
+from dataclasses import dataclass, field
+
+# After percent-decoding, these would let a credential forge header lines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+PLACEHOLDERS = {
+    "user": "the decoded user name",
+    "password": "the decoded password",
+    "token": "the password, or the user name when there is no password",
+    "basic": "base64(user:password), as in Authorization: Basic",
+}
+
+
+class CredentialError(ValueError):
+    """A credential that must not be put into a header. Never holds the secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    user: str = field(repr=False)
+    password: str = field(repr=False)
+
+    @property
+    def token(self) -> str:
+        return self.password or self.user
+
+    @property
+    def display_user(self) -> str | None:
+        """The user name if it can be shown: with no password, the user *is* the token."""
+        return self.user if self.password else None
+
+    def problem(self) -> str | None:
+        """Why this credential cannot be injected, or None."""
+        if not self.user and not self.password:
+            return "empty userinfo"
+        if _CONTROL.search(self.user) or _CONTROL.search(self.password):
+            return "control character in decoded userinfo"
+        return None
+
+    def secret_forms(self) -> set[str]:
+        """Every spelling of the secret worth scrubbing from text we write."""
+        forms = {self.token, base64.b64encode(f"{self.user}:{self.password}".encode()).decode()}
+        return {f for f in forms if len(f) >= 4}
+
+
+class Fingerprinter:
+    """Keyed (HMAC-SHA256) fingerprints: short tokens cannot be brute-forced from logs."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("fingerprint key must be at least 16 bytes")
+        self._key = key
+
+    def __call__(self, credential: Credential) -> str:
+        digest = hmac.new(
+            self._key, f"{credential.user}\0{credential.password}".encode(), hashlib.sha256
+        )
+        return "hm:" + digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderTemplate:
+    """`name: value` with `{user}`, `{password}`, `{token}`, `{basic}` placeholders."""
+
+    name: str
+    value: str
+
+    @classmethod
+    def compile(cls, name: str, value: str) -> HeaderTemplate:
+        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+            raise ValueError(f"invalid header name {name!r}")
+        try:
+            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value)]
+        except ValueError as e:
+            raise ValueError(f"bad header template {value!r}: {e}") from None
+        fields = [f for f, _, _ in parsed if f is not None]
+        if any(spec or conv for f, spec, conv in parsed if f is not None):
+            raise ValueError(f"no format specs or conversions allowed in {value!r}")
+        for f in fields:
+            if f not in PLACEHOLDERS:
+                raise ValueError(
+                    f"unknown placeholder {{{f}}} in {value!r}; use one of "
+                    + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                )
+        if not fields:
+            raise ValueError(f"header template {value!r} uses no credential placeholder")
+        if _CONTROL.search(value):
+            raise ValueError("control character in header template")
+        return cls(name, value)
+
+    def render(self, credential: Credential) -> str:
+        problem = credential.problem()
+        if problem:
+            raise CredentialError(problem)
+        basic = base64.b64encode(f"{credential.user}:{credential.password}".encode()).decode()
+        return self.value.format(
+            user=credential.user, password=credential.password, token=credential.token, basic=basic
+        )
+
+
+BASIC = HeaderTemplate("Authorization", "Basic {basic}")
