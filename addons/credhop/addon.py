@@ -158,7 +158,7 @@ class CredHop:
         self.chains.expect(client, location.url, position, now)
         record.update(location=location.redacted, target=str(location.origin), relative=location.relative)
         if location.credential is None:
-            self._emit(record, logging.DEBUG)
+            self._emit({**record, "action": "none"}, logging.DEBUG)
             return
         self._handle_credential(flow, record, location, location.credential, client, now)
 

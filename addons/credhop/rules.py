@@ -311,5 +311,5 @@ def _is_ipv6_glob(value: str) -> bool:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "string", int: "integer", bool: "boolean (true/false)"}
+    names = {str: "string", int: "whole number", bool: "boolean (true/false)"}
     return names.get(kind, str(kind)) if isinstance(kind, type) else "value"

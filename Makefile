@@ -1,0 +1,98 @@
+# credhop: `make run` starts the proxy, `make test` runs the whole suite.
+# Everything the tests need is installed here; nothing is taken from the
+# machine's own configuration.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell scripts/find-python)
+PYTHON311 ?= $(shell command -v python3.11 || ls -d $(HOME)/.pyenv/versions/3.11*/bin/python3 2>/dev/null | tail -1)
+VENV := .venv
+VENVS := .venvs
+UV_OLD_VERSION := 0.5.25
+UV_OLD := .tools/uv-$(UV_OLD_VERSION)/bin/uv
+LISTEN_HOST ?= 127.0.0.1
+LISTEN_PORT ?= 8080
+RULES ?= rules.yaml
+HOPLOG ?= credhop-hops.jsonl
+# pip's "Location ... is ignored" lines come from this machine's index config
+PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither" || true
+PYTEST_ARGS ?=
+
+.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture clean
+
+help:
+	@echo "make run    start mitmdump with credhop and $(RULES) on $(LISTEN_HOST):$(LISTEN_PORT)"
+	@echo "make test   install what the tests need and run the whole suite"
+	@echo "make fixture  start the test redirector + auth-only index (for trying credhop by hand)"
+
+$(VENV)/.installed: pyproject.toml
+	@echo "credhop: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip $(PIP_QUIET)
+	$(VENV)/bin/python -m pip install -q -e '.[test]' uv $(PIP_QUIET)
+	$(VENV)/bin/python -c 'import credhop.addon, mitmproxy.version as v; print("credhop: mitmproxy", v.VERSION)'
+	touch $@
+
+deps: $(VENV)/.installed
+
+run: deps
+	@echo "credhop: proxy on http://$(LISTEN_HOST):$(LISTEN_PORT), rules $(RULES), hop log $(HOPLOG)"
+	@echo "  point clients at it:"
+	@echo "    export HTTP_PROXY=http://$(LISTEN_HOST):$(LISTEN_PORT) HTTPS_PROXY=http://$(LISTEN_HOST):$(LISTEN_PORT)"
+	@echo "    export SSL_CERT_FILE=$$HOME/.mitmproxy/mitmproxy-ca-cert.pem   # uv; pip: --cert \$$SSL_CERT_FILE"
+	@echo "  (mitmproxy creates that CA file on its first start)"
+	$(VENV)/bin/mitmdump -s addons/credhop.py --listen-host $(LISTEN_HOST) --listen-port $(LISTEN_PORT) \
+		--set credhop_rules=$(RULES) --set credhop_log=$(HOPLOG) $(ARGS)
+
+fixture: deps
+	$(VENV)/bin/python -m tests.fixtures.registry --workdir $${WORKDIR:-/tmp/credhop-fixture} $(ARGS)
+
+# -- test set-up ----------------------------------------------------------------
+
+system-deps:
+	@missing=""; for pair in curl:curl git:git; do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "credhop: installing$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "credhop: please install:$$missing" >&2; exit 1; fi; fi
+
+$(UV_OLD):
+	$(PYTHON) -m venv .tools/uv-$(UV_OLD_VERSION)
+	.tools/uv-$(UV_OLD_VERSION)/bin/python -m pip install -q uv==$(UV_OLD_VERSION) $(PIP_QUIET)
+	test -x $@
+
+$(VENVS)/mitmproxy-%/.installed: pyproject.toml
+	@test -n "$(PYTHON311)" || { echo "credhop: python3.11 not found (needed for mitmproxy $*)" >&2; exit 1; }
+	$(PYTHON311) -m venv $(VENVS)/mitmproxy-$*
+	$(VENVS)/mitmproxy-$*/bin/python -m pip install -q 'mitmproxy==$*' -e '.[test]' $(PIP_QUIET)
+	$(VENVS)/mitmproxy-$*/bin/python -c 'import mitmproxy.version as v; assert v.VERSION == "$*", v.VERSION'
+	touch $@
+
+tools: deps system-deps $(UV_OLD)
+
+export CREDHOP_UV_OLD = $(abspath $(UV_OLD))
+export CREDHOP_UV = $(abspath $(VENV)/bin/uv)
+export CREDHOP_MITMDUMP = $(abspath $(VENV)/bin/mitmdump)
+# a missing tool fails the run instead of skipping tests
+export CREDHOP_STRICT ?= 1
+
+test: tools $(VENVS)/mitmproxy-11.0.2/.installed $(VENVS)/mitmproxy-10.4.2/.installed
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-compat
+
+test-unit: deps
+	$(VENV)/bin/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+
+test-e2e: tools
+	$(VENV)/bin/python -m pytest -q -m e2e $(PYTEST_ARGS)
+
+test-compat: $(VENVS)/mitmproxy-11.0.2/.installed $(VENVS)/mitmproxy-10.4.2/.installed
+	for v in 11.0.2 10.4.2; do echo "credhop: unit tests on mitmproxy $$v"; \
+		$(VENVS)/mitmproxy-$$v/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider $(PYTEST_ARGS); done
+
+clean:
+	rm -rf $(VENV) $(VENVS) .tools .pytest_cache .hypothesis

@@ -1,0 +1,327 @@
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow
+
+from credhop import addon as addon_module
+from credhop.addon import CredHop
+from credhop.hoplog import SecretFilter
+from tests.secrets_check import leaks, secret_forms
+
+TOKEN = "t:k@/%n-SECRET"
+ENCODED = "t%3Ak%40%2F%25n-SECRET"
+FORMS = secret_forms(TOKEN)
+CLIENT = ("10.0.0.5", 40000)
+
+RULES = """\
+rules:
+  - name: blocker
+    match: {host: blocked.example}
+    action: block
+  - name: stripper
+    match: {host: strip.example}
+    action: strip
+  - name: keeper
+    match: {host: keep.example}
+    action: keep
+  - name: gitlab
+    match: {host: gitlab.example}
+    action: inject
+    header: {name: PRIVATE-TOKEN, value: "{password}"}
+  - name: override
+    match: {host: override.example}
+    action: inject
+    override_client_header: true
+  - name: short
+    match: {host: short.example}
+    action: inject
+    ttl: 5
+  - name: registry
+    match: {host: ["registry.example", "plain.example", "127.0.0.2"]}
+    action: inject
+"""
+
+
+@pytest.fixture
+def hop(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # mitmproxy's confdir (fingerprint key) goes here
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    log_path = tmp_path / "hops.jsonl"
+    addon = CredHop()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, credhop_rules=str(rules), credhop_log=str(log_path))
+
+        def records():
+            return [json.loads(line) for line in log_path.read_text().splitlines()]
+
+        yield SimpleNamespace(addon=addon, tctx=tctx, rules=rules, log=log_path, records=records)
+        addon.done()
+
+
+def redirect(location, url="https://redirector.example/simple/pkg/", status=302, client=CLIENT, extra=()):
+    f = tflow.tflow(resp=True)
+    f.request.url = url
+    f.client_conn.peername = client
+    f.response.status_code = status
+    f.response.headers["location"] = location
+    for value in extra:
+        f.response.headers.add("location", value)
+    return f
+
+
+def follow(url, client=CLIENT, headers=()):
+    f = tflow.tflow()
+    f.request.url = url
+    f.client_conn.peername = client
+    for k, v in headers:
+        f.request.headers[k] = v
+    return f
+
+
+def run_redirect(h, location, **kw):
+    f = redirect(location, **kw)
+    h.addon.responseheaders(f)
+    h.addon.response(f)
+    return f
+
+
+def send(h, url, **kw):
+    f = follow(url, **kw)
+    h.addon.requestheaders(f)
+    return f
+
+
+def test_inject_moves_the_credential_to_exactly_that_origin(hop):
+    f = run_redirect(hop, f"https://aws:{ENCODED}@registry.example/pypi/simple/pkg/?x=1#top")
+    assert f.response.headers["location"] == "https://registry.example/pypi/simple/pkg/?x=1#top"
+    expected = "Basic " + __import__("base64").b64encode(f"aws:{TOKEN}".encode()).decode()
+    page = send(hop, "https://registry.example/pypi/simple/pkg/?x=1")
+    wheel = send(hop, "https://registry.example/pypi/files/pkg-1.0-py3-none-any.whl")
+    assert page.request.headers["authorization"] == expected
+    assert wheel.request.headers["authorization"] == expected
+    for url, client in [
+        ("https://redirector.example/simple/pkg/", CLIENT),  # back to the redirector
+        ("http://registry.example/pypi/simple/pkg/", CLIENT),  # https -> http
+        ("https://registry.example:8443/pypi/simple/pkg/", CLIENT),  # other port
+        ("https://sub.registry.example/pypi/", CLIENT),  # subdomain
+        ("https://registry.example.evil/pypi/", CLIENT),  # look-alike
+        ("https://registry.example/pypi/simple/pkg/", ("10.0.0.6", 1)),  # another client
+    ]:
+        assert "authorization" not in send(hop, url, client=client).request.headers, url
+    assert f.marked and "registry.example" in f.comment
+    assert page.marked and "injected" in page.comment
+
+
+def test_hop_log_links_the_follow_up_to_its_redirect(hop):
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/simple/pkg/")
+    g = send(hop, "https://registry.example/simple/pkg/")
+    g.response = tflow.tresp(status_code=200)
+    hop.addon.response(g)
+    redirect_rec, inject_rec, response_rec = hop.records()
+    assert redirect_rec["event"] == "redirect" and redirect_rec["hop"] == 0
+    assert redirect_rec["location"] == "https://aws:***@registry.example/simple/pkg/"
+    assert redirect_rec["target"] == "https://registry.example"
+    assert (redirect_rec["rule"], redirect_rec["action"], redirect_rec["user"]) == ("registry", "inject", "aws")
+    assert redirect_rec["fingerprint"].startswith("hm:")
+    assert inject_rec["event"] == "inject" and inject_rec["chain"] == redirect_rec["chain"] and inject_rec["hop"] == 1
+    assert inject_rec["fingerprint"] == redirect_rec["fingerprint"]
+    assert response_rec == {**response_rec, "event": "response", "status": 200, "hop": 1, "chain": redirect_rec["chain"]}
+    assert stat.S_IMODE(os.stat(hop.log).st_mode) == 0o600
+
+
+def test_a_second_redirect_continues_the_chain(hop):
+    first = run_redirect(hop, "https://hop2.example/simple/pkg/")
+    second = follow("https://hop2.example/simple/pkg/")
+    hop.addon.requestheaders(second)
+    second.response = tflow.tresp(status_code=307, headers=((b"location", f"https://aws:{ENCODED}@registry.example/s/".encode()),))
+    hop.addon.responseheaders(second)
+    recs = [r for r in hop.records() if r["event"] == "redirect"]
+    assert [r["hop"] for r in recs] == [0, 1]
+    assert recs[0]["chain"] == recs[1]["chain"] == first.metadata["credhop.position"].chain
+
+
+def test_relative_and_scheme_relative_locations(hop):
+    f = run_redirect(hop, f"//aws:{ENCODED}@registry.example:8443/simple/", url="https://redirector.example/x")
+    assert f.response.headers["location"] == "//registry.example:8443/simple/"
+    assert "authorization" in send(hop, "https://registry.example:8443/simple/").request.headers
+    assert "authorization" not in send(hop, "https://registry.example/simple/").request.headers
+
+
+def test_custom_header_template(hop):
+    run_redirect(hop, f"https://aws:{ENCODED}@gitlab.example/api/")
+    headers = send(hop, "https://gitlab.example/api/").request.headers
+    assert headers["private-token"] == TOKEN and "authorization" not in headers
+
+
+def test_strip_removes_and_forgets(hop):
+    f = run_redirect(hop, f"https://aws:{ENCODED}@strip.example/s/")
+    assert f.response.headers["location"] == "https://strip.example/s/"
+    assert "authorization" not in send(hop, "https://strip.example/s/").request.headers
+    assert hop.records()[0]["action"] == "strip"
+
+
+def test_keep_passes_through(hop):
+    location = f"https://aws:{ENCODED}@keep.example/s/"
+    f = run_redirect(hop, location)
+    assert f.response.headers["location"] == location
+    assert "authorization" not in send(hop, "https://keep.example/s/").request.headers
+
+
+def test_no_matching_rule_keeps_and_says_so(hop):
+    hop.rules.write_text("rules:\n  - name: only\n    match: {host: x.example}\n    action: strip\n")
+    hop.addon.reload()
+    location = f"https://aws:{ENCODED}@other.example/s/"
+    assert run_redirect(hop, location).response.headers["location"] == location
+    assert hop.records()[0]["reason"] == "no rule matched"
+
+
+def test_block_answers_403_naming_the_rule_without_the_secret(hop):
+    f = run_redirect(hop, f"https://aws:{ENCODED}@blocked.example/s/")
+    assert f.response.status_code == 403
+    body = f.response.text
+    assert "'blocker'" in body and "https://aws:***@blocked.example/s/" in body
+    assert "location" not in f.response.headers
+    assert not leaks(body, FORMS)
+
+
+def test_observe_changes_nothing(hop):
+    hop.tctx.configure(hop.addon, credhop_observe=True)
+    location = f"https://aws:{ENCODED}@registry.example/s/"
+    assert run_redirect(hop, location).response.headers["location"] == location
+    assert "authorization" not in send(hop, "https://registry.example/s/").request.headers
+    assert hop.records()[0]["observe"] is True and hop.records()[0]["action"] == "inject"
+
+
+def test_client_header_wins_unless_rule_overrides(hop):
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
+    own = send(hop, "https://registry.example/s/", headers=[("Authorization", "Bearer mine")])
+    assert own.request.headers.get_all("authorization") == ["Bearer mine"]
+    assert hop.records()[-1]["action"] == "skip"
+    run_redirect(hop, f"https://aws:{ENCODED}@override.example/s/")
+    over = send(hop, "https://override.example/s/", headers=[("Authorization", "Bearer mine")])
+    assert over.request.headers.get_all("authorization")[0].startswith("Basic ")
+    assert len(over.request.headers.get_all("authorization")) == 1
+
+
+def test_ttl_expires_the_grant(hop, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(addon_module.time, "time", lambda: now[0])
+    run_redirect(hop, f"https://aws:{ENCODED}@short.example/s/")
+    now[0] += 4
+    assert "authorization" in send(hop, "https://short.example/s/").request.headers
+    now[0] += 2
+    assert "authorization" not in send(hop, "https://short.example/s/").request.headers
+    hop.tctx.configure(hop.addon, credhop_ttl=1)
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
+    now[0] += 1
+    assert "authorization" not in send(hop, "https://registry.example/s/").request.headers
+
+
+def test_plaintext_destination_refused_unless_loopback(hop):
+    location = f"http://aws:{ENCODED}@plain.example/s/"
+    assert run_redirect(hop, location).response.headers["location"] == location
+    assert "plaintext" in hop.records()[-1]["reason"]
+    assert "authorization" not in send(hop, "http://plain.example/s/").request.headers
+    run_redirect(hop, f"http://aws:{ENCODED}@127.0.0.2:8080/s/")
+    assert "authorization" in send(hop, "http://127.0.0.2:8080/s/").request.headers
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["https://u:p@h.example:99999/", "ftp://aws:x@registry.example/", "https://u:%ff@registry.example/",
+     "https://u:a%0d%0aX-Injected:%201@registry.example/", "http://[::1", "\x00\x01"],
+)
+def test_malformed_locations_never_crash_or_inject(hop, location):
+    f = run_redirect(hop, location)
+    assert f.response.status_code == 302
+    assert "authorization" not in send(hop, "https://registry.example/").request.headers
+    assert "x-injected" not in send(hop, "https://registry.example/").request.headers
+    assert hop.records()[-1]["action"] in ("none", "keep")
+
+
+def test_missing_or_several_locations(hop):
+    f = redirect("https://registry.example/", extra=["https://other.example/"])
+    hop.addon.responseheaders(f)
+    g = redirect("x")
+    del g.response.headers["location"]
+    hop.addon.responseheaders(g)
+    assert [r["reason"] for r in hop.records()] == ["2 Location headers", "no Location header"]
+
+
+def test_non_redirects_are_ignored(hop):
+    f = tflow.tflow(resp=True)
+    f.response.headers["location"] = f"https://aws:{ENCODED}@registry.example/"
+    hop.addon.responseheaders(f)
+    assert not hop.log.exists() or hop.log.read_text() == ""
+    assert hop.addon.stats["redirects"] == 0
+
+
+def test_broken_rules_are_rejected_and_the_old_ones_kept(hop, caplog):
+    hop.rules.write_text("rules:\n  - name: x\n    action: inject\n    match: {hots: a}\n")
+    with pytest.raises(exceptions.OptionsError, match=r"rules.yaml:4:13: rules\[0\].match.hots"):
+        hop.tctx.configure(hop.addon, credhop_rules=str(hop.rules) + "")  # same path, re-set
+        hop.addon.configure({"credhop_rules"})
+    with caplog.at_level(logging.ERROR, logger="credhop"):
+        hop.addon.reload()
+    assert "keeping the previous 7 rule(s)" in caplog.text and "rules.yaml:4:13" in caplog.text
+    assert len(hop.addon.rules.rules) == 7
+    assert hop.addon.stats["rules_reload_failed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("credhop_ttl", 0, "positive"), ("credhop_max_credentials", 0, "at least 1"),
+     ("credhop_log", "/proc/nonexistent/x.jsonl", "cannot open"), ("credhop_rules", "/nonexistent.yaml", "cannot read")],
+)
+def test_bad_option_values_raise_options_error(hop, option, value, message):
+    with pytest.raises(exceptions.OptionsError, match=message):
+        hop.tctx.configure(hop.addon, **{option: value})
+
+
+def test_fingerprint_key_file_is_created_private_and_short_keys_refused(hop, tmp_path):
+    key = tmp_path / ".mitmproxy" / "credhop-fingerprint.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    short = tmp_path / "short.key"
+    short.write_text("abc")
+    with pytest.raises(exceptions.OptionsError, match="fewer than 16"):
+        hop.tctx.configure(hop.addon, credhop_fingerprint_key=str(short))
+
+
+def test_stats_count_every_decision(hop):
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
+    run_redirect(hop, f"https://aws:{ENCODED}@strip.example/s/")
+    run_redirect(hop, "https://no-credential.example/")
+    send(hop, "https://registry.example/s/")
+    line = hop.addon.stats_line()
+    for part in ("action_inject=1", "action_strip=1", "injected=1", "location_userinfo=2", "redirects=3", "credentials held=1"):
+        assert part in line
+
+
+def test_no_secret_in_any_output(hop, caplog):
+    with caplog.at_level(logging.DEBUG, logger="credhop"):
+        flows = [run_redirect(hop, f"https://aws:{ENCODED}@{h}/s/") for h in
+                 ("registry.example", "strip.example", "blocked.example", "gitlab.example", "plain.example")]
+        flows.append(send(hop, "https://registry.example/s/"))
+        hop.addon.done()
+    text = hop.log.read_text() + caplog.text + "".join(f.comment for f in flows) + hop.addon.stats_line()
+    assert "credhop" in caplog.text and hop.log.read_text()
+    assert not leaks(text, FORMS)
+
+
+def test_secret_filter_scrubs_foreign_log_lines():
+    record = logging.LogRecord("mitmproxy.proxy", logging.WARNING, __file__, 1,
+                               "Invalid request: GET http://aws:%s@registry.example/ HTTP/1.1 (%s)",
+                               (ENCODED, "Authorization: Basic YXdzOnNlY3JldA=="), None)
+    SecretFilter().filter(record)
+    message = record.getMessage()
+    assert ENCODED not in message and "YXdzOnNlY3JldA" not in message
+    assert "http://aws:***@registry.example/" in message

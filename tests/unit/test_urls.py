@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import pytest
+
+from credhop.urls import (
+    LocationError,
+    Origin,
+    parse_location,
+    parsers_disagree,
+    redact_url,
+    strip_userinfo,
+)
+
+BASE = "http://redirector.example:8080/simple/pkg/"
+
+
+def test_absolute_location_with_encoded_userinfo_is_decoded():
+    loc = parse_location("https://aws:t%3Ak%40%2F%25n@Registry.Example/pypi/simple/pkg/?a=1#frag", BASE)
+    assert loc.credential is not None
+    assert (loc.credential.user, loc.credential.password) == ("aws", "t:k@/%n")
+    assert loc.origin == Origin("https", "registry.example", 443)
+    assert loc.url == "https://registry.example/pypi/simple/pkg/?a=1"
+    assert loc.path == "/pypi/simple/pkg/?a=1"
+    assert not loc.relative
+    # only the userinfo goes; case, query and fragment are the server's
+    assert loc.stripped == "https://Registry.Example/pypi/simple/pkg/?a=1#frag"
+
+
+@pytest.mark.parametrize(
+    ("raw", "user", "password"),
+    [
+        ("https://TOKEN@h.example/", "TOKEN", ""),
+        ("https://:pw@h.example/", "", "pw"),
+        ("https://u:@h.example/", "u", ""),
+        ("https://a@b:c@h.example/", "a@b", "c"),  # the last "@" ends the userinfo
+    ],
+)
+def test_userinfo_parts(raw, user, password):
+    loc = parse_location(raw, BASE)
+    assert loc.credential is not None
+    assert (loc.credential.user, loc.credential.password) == (user, password)
+    assert loc.stripped == "https://h.example/"
+
+
+def test_empty_userinfo_is_no_credential():
+    loc = parse_location("https://@h.example/x", BASE)
+    assert loc.credential is None
+    assert loc.stripped == "https://@h.example/x"  # nothing to move, left as sent
+
+
+def test_user_only_token_is_the_display_secret():
+    loc = parse_location("https://TOKEN@h.example/", BASE)
+    assert loc.credential.display_user is None
+    assert loc.credential.token == "TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("raw", "url", "relative"),
+    [
+        ("/pypi/simple/pkg/", "http://redirector.example:8080/pypi/simple/pkg/", True),
+        ("../other/", "http://redirector.example:8080/simple/other/", True),
+        ("?page=2", "http://redirector.example:8080/simple/pkg/?page=2", True),
+        ("//u:p@idx.example:8443/s/", "http://idx.example:8443/s/", True),
+        ("HTTPS://idx.example:443/s/", "https://idx.example/s/", False),
+    ],
+)
+def test_relative_locations_resolve_against_the_request(raw, url, relative):
+    loc = parse_location(raw, BASE)
+    assert loc.url == url
+    assert loc.relative is relative
+
+
+def test_scheme_relative_userinfo_is_stripped_in_place():
+    loc = parse_location("//u:p@idx.example:8443/s/", BASE)
+    assert loc.stripped == "//idx.example:8443/s/"
+    assert loc.origin == Origin("http", "idx.example", 8443)
+
+
+def test_default_port_spelled_out_is_the_same_origin():
+    assert parse_location("https://u:p@h.example:443/", BASE).origin == Origin("https", "h.example", 443)
+    assert parse_location("http://u:p@h.example:80/", BASE).origin == Origin("http", "h.example", 80)
+
+
+@pytest.mark.parametrize("raw", ["https://u:p@h.example:65536/", "ftp://u:p@h.example/", "javascript:alert(1)", "http://u:p@/x"])
+def test_unusable_locations_raise_without_secret(raw):
+    with pytest.raises(LocationError) as e:
+        parse_location(raw, BASE)
+    assert ":p@" not in str(e.value)
+
+
+def test_invalid_utf8_userinfo_is_an_error():
+    with pytest.raises(LocationError, match="UTF-8"):
+        parse_location("https://u:%ff%fe@h.example/", BASE)
+
+
+def test_backslash_authority_is_read_the_whatwg_way():
+    loc = parse_location("http://good.example\\@evil.example/", BASE)
+    assert loc.origin.host == "good.example"
+    assert loc.credential is None
+
+
+def test_strip_falls_back_to_serialisation_when_text_cut_is_ambiguous():
+    # tab inside the authority: WHATWG removes it; the cut must not change the target
+    raw = "https://u:p@h.exa\tmple/x"
+    out = strip_userinfo(raw, BASE)
+    assert "u:p" not in out
+    assert parse_location(out, BASE).origin == parse_location(raw, BASE).origin
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://aws:s3cret@h/x", "https://aws:***@h/x"),
+        ("https://TOKEN@h/x", "https://***@h/x"),
+        ("https://TOKEN:@h/x", "https://***@h/x"),
+        ("see //u:p@h and http://a:b@c@d/", "see //u:***@h and http://a:***@d/"),
+        ("https://h/no-userinfo?x=@y", "https://h/no-userinfo?x=@y"),
+    ],
+)
+def test_redact_url(text, expected):
+    assert redact_url(text) == expected
+
+
+def test_origin_strings_and_loopback():
+    assert str(Origin("https", "h.example", 443)) == "https://h.example"
+    assert str(Origin("http", "::1", 8080)) == "http://[::1]:8080"
+    assert Origin("http", "127.0.0.2", 80).is_loopback
+    assert Origin("http", "localhost", 80).is_loopback
+    assert not Origin("http", "10.0.0.1", 80).is_loopback
+
+
+def test_parsers_disagree_on_backslash_but_not_on_plain_urls():
+    ambiguous = "http://u:p@good.example\\@evil.example/"
+    assert parsers_disagree(ambiguous, parse_location(ambiguous, BASE))
+    plain = "https://u:p@registry.example:8443/simple/"
+    assert not parsers_disagree(plain, parse_location(plain, BASE))
