@@ -9,7 +9,7 @@ import pytest
 from tests.fixtures.pki import make_pki
 from tests.fixtures.registry import AuthIndex, Redirector
 from tests.fixtures.wheel import build_wheel
-from tests.secrets_check import secret_forms
+from tests.secrets_check import Secret, secret_forms
 
 USER = "aws"
 
@@ -17,7 +17,7 @@ USER = "aws"
 @pytest.fixture(scope="session")
 def token() -> str:
     # fresh per run, with every character that needs percent-encoding in userinfo
-    return f"tk:{secrets.token_urlsafe(12)}@/%x"
+    return Secret(f"tk:{secrets.token_urlsafe(12)}@/%x")
 
 
 @pytest.fixture(scope="session")

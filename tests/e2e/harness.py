@@ -85,6 +85,14 @@ class Mitmdump:
             time.sleep(0.05)
         raise RuntimeError(f"mitmdump did not start:\n{self.output}")
 
+    def run_expecting_failure(self, timeout: float = 30) -> int:
+        """Start mitmdump for a configuration it must refuse; return its exit status."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.output_file.open("wb") as out:
+            proc = subprocess.run(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, timeout=timeout,
+                                  env=clean_env(self.workdir / "mitm-home"))
+        return proc.returncode
+
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
         self.proc.terminate()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Mitmdump, all_text_under, clean_env, proxy_env, run, tool
-from tests.secrets_check import leaks
+from tests.secrets_check import assert_no_leak
 
 PACKAGE = "credhop-demo-pkg"
 MODULE = "credhop_demo_pkg"
@@ -112,8 +112,9 @@ def test_client_installs_through_credhop(client, scheme, unauth, registry_factor
     assert {r["chain"] for r in injects} <= {r["chain"] for r in redirects}
 
     # and no secret anywhere but in the header the index received
-    text = result.output + proxy.output + all_text_under(tmp_path)
-    assert not leaks(text, forms)
+    assert_no_leak(result.output, forms, f"{client} output")
+    assert_no_leak(proxy.output, forms, "mitmdump output")
+    assert_no_leak(all_text_under(tmp_path), forms, "files the run wrote (hop log, caches, target)")
 
 
 def _tail(text: str, lines: int = 40) -> str:

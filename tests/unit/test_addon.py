@@ -14,9 +14,9 @@ from mitmproxy.test import taddons, tflow
 from credhop import addon as addon_module
 from credhop.addon import CredHop
 from credhop.hoplog import SecretFilter
-from tests.secrets_check import leaks, secret_forms
+from tests.secrets_check import Secret, assert_no_leak, secret_forms
 
-TOKEN = "t:k@/%n-SECRET"
+TOKEN = Secret("t:k@/%n-SECRET")
 ENCODED = "t%3Ak%40%2F%25n-SECRET"
 FORMS = secret_forms(TOKEN)
 CLIENT = ("10.0.0.5", 40000)
@@ -190,7 +190,7 @@ def test_block_answers_403_naming_the_rule_without_the_secret(hop):
     body = f.response.text
     assert "'blocker'" in body and "https://aws:***@blocked.example/s/" in body
     assert "location" not in f.response.headers
-    assert not leaks(body, FORMS)
+    assert_no_leak(body, FORMS, "block body")
 
 
 def test_observe_changes_nothing(hop):
@@ -314,7 +314,7 @@ def test_no_secret_in_any_output(hop, caplog):
         hop.addon.done()
     text = hop.log.read_text() + caplog.text + "".join(f.comment for f in flows) + hop.addon.stats_line()
     assert "credhop" in caplog.text and hop.log.read_text()
-    assert not leaks(text, FORMS)
+    assert_no_leak(text, FORMS, "hop log, event log, comments, stats")
 
 
 def test_secret_filter_scrubs_foreign_log_lines():

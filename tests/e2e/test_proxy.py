@@ -1,0 +1,95 @@
+"""The proxy itself: blocking, live rule reloads, option mistakes, observe mode, secrets in mitmproxy's own lines."""
+
+from __future__ import annotations
+
+import time
+
+from tests.e2e.harness import Mitmdump, clean_env, proxy_env, run, tool
+from tests.e2e.test_clients import CLIENTS, PACKAGE, curl_fetch, uv_install
+from tests.secrets_check import assert_no_leak
+
+INJECT = "rules:\n  - name: loopback-registry\n    match: {host: 127.0.0.2}\n    action: inject\n"
+STRIP = "rules:\n  - name: loopback-registry\n    match: {host: 127.0.0.2}\n    action: strip\n"
+BLOCK = "rules:\n  - name: no-tokens-in-redirects\n    action: block\n"
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_block_answers_403_naming_rule_and_redacted_location(registry_factory, tmp_path, forms):
+    registry = registry_factory("https", 401)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(BLOCK)
+    with Mitmdump(tmp_path / "proxy", registry.test_ca, rules=rules) as proxy:
+        result = run([tool("CREDHOP_CURL", "curl"), "-sS", "-i", "--proxy", proxy.url, "--cacert", str(proxy.ca_cert),
+                      f"{registry.simple_url}{PACKAGE}/"], clean_env(tmp_path / "home"), tmp_path)
+    assert "HTTP/1.1 403 Forbidden" in result.stdout
+    assert "rule 'no-tokens-in-redirects' blocked a 302 redirect" in result.stdout
+    assert f"aws:***@127.0.0.2:{registry.index.port}" in result.stdout
+    assert not registry.index.requests
+    assert_no_leak(result.output + proxy.output + proxy.hoplog.read_text(), forms, "curl, mitmdump, hop log")
+
+
+def test_rules_reload_while_running_and_broken_edit_keeps_previous(registry_factory, tmp_path, forms):
+    registry = registry_factory("https", 401)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(STRIP)
+    with Mitmdump(tmp_path / "proxy", registry.test_ca, rules=rules) as proxy:
+        stripped = curl_fetch(registry, tmp_path / "c1", proxy)
+        assert stripped.returncode != 0 and "401" in stripped.output  # stripped, nothing injected
+
+        rules.write_text(INJECT)
+        assert wait_for(lambda: proxy.output.count("credhop: loaded 1 rule(s)") == 2), proxy.output
+        assert curl_fetch(registry, tmp_path / "c2", proxy).returncode == 0
+
+        rules.write_text(INJECT + "    ttl: often\n")
+        assert wait_for(lambda: "rules not reloaded" in proxy.output), proxy.output
+        assert f"{rules}:5:10: rules[0].ttl: must be a whole number" in proxy.output
+        assert curl_fetch(registry, tmp_path / "c3", proxy).returncode == 0  # previous rules still serve
+    assert_no_leak(proxy.output, forms, "mitmdump output")
+
+
+def test_mistyped_option_stops_the_proxy_with_a_hint(tmp_path, pki):
+    proxy = Mitmdump(tmp_path, pki.ca_cert, options={"credhop_tll": "5"})
+    assert proxy.run_expecting_failure() != 0
+    assert "unknown option 'credhop_tll' (did you mean 'credhop_ttl'?)" in proxy.output
+
+
+def test_broken_rules_file_at_start_names_file_line_column(tmp_path, pki):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: x\n    action: inject\n    match: {clinet: 10.0.0.0/8}\n")
+    proxy = Mitmdump(tmp_path, pki.ca_cert, rules=rules)
+    assert proxy.run_expecting_failure() != 0
+    assert f"{rules}:4:13: rules[0].match.clinet: unknown key (did you mean 'client'?)" in proxy.output
+
+
+def test_observe_mode_changes_nothing_and_logs_the_decision(registry_factory, tmp_path):
+    registry = registry_factory("https", 404)
+    with Mitmdump(tmp_path / "proxy", registry.test_ca, options={"credhop_observe": "true"}) as proxy:
+        result = CLIENTS["uv-0.5.25"](registry, tmp_path / "client", proxy)
+    assert result.returncode != 0  # uv 0.5.25 drops the credential, as without credhop
+    redirect = next(r for r in proxy.records() if r["event"] == "redirect" and r.get("fingerprint"))
+    assert redirect["observe"] is True and redirect["action"] == "inject"
+    assert not any(r["event"] == "inject" for r in proxy.records())
+    assert all(not r.header("authorization") for r in registry.index.requests)
+
+
+def test_userinfo_in_a_clients_request_line_is_scrubbed_from_mitmproxy_output(registry_factory, tmp_path, forms):
+    # With the Location kept, uv 0.5.25 sends its userinfo in the absolute-form request line
+    # through an HTTP proxy; mitmproxy rejects the line and logs it. That log line must be scrubbed.
+    registry = registry_factory("http", 401)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: hands-off\n    action: keep\n")
+    with Mitmdump(tmp_path / "proxy", registry.test_ca, rules=rules) as proxy:
+        result = uv_install(tool("CREDHOP_UV_OLD", "uv-0.5.25"), registry, tmp_path / "client",
+                            proxy_env(proxy.url, proxy.ca_cert))
+        assert wait_for(lambda: "Bad HTTP request line" in proxy.output), proxy.output
+    assert result.returncode != 0 and "400 Bad Request" in result.output
+    assert f"GET http://aws:***@127.0.0.2:{registry.index.port}/" in proxy.output
+    assert_no_leak(proxy.output + proxy.hoplog.read_text(), forms, "mitmdump output and hop log")
