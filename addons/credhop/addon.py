@@ -15,15 +15,17 @@ import logging
 import os
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import command, ctx, exceptions, http
 
 from .chains import ChainPosition, ChainTracker
-from .credentials import Credential, CredentialError, Fingerprinter
+from .credentials import Credential, CredentialError, Fingerprinter, credential_from_header
 from .hoplog import HopLog, SecretFilter, event_line
+from .leaks import ALWAYS_SECRET, SentSecret, find_leaks, secrets_sent
 from .rules import Hop, Rule, RuleSet, RulesError, load_rules
 from .store import CredentialStore, Grant, MemoryStore
 from .urls import Location, LocationError, Origin, normalize_url, parse_location, parsers_disagree, redact_url
@@ -32,11 +34,22 @@ log = logging.getLogger("credhop")
 
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
 DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules.yaml"
-META_POSITION = "credhop.position"  # ChainPosition of a flow that is part of a chain
-META_BLOCKED = "credhop.blocked"  # message for a redirect a rule blocked
-META_INJECTED = "credhop.injected"
+META = "credhop"  # flow.metadata key: {"chain", "hop"}, plain values so saved flows stay writable
 MARKER = ":key:"
 RELOAD_INTERVAL = 1.0
+MAX_LIVE_FLOWS = 10_000
+DEFAULT_SECRET_HEADERS = "X-API-Key,PRIVATE-TOKEN,X-Auth-Token"
+
+
+@dataclass(slots=True)
+class FlowState:
+    """What credhop knows about one live flow; dropped when the flow ends."""
+
+    position: ChainPosition | None = None
+    sent: list[SentSecret] | None = None  # secrets the request carries
+    injected: tuple[str, str] | None = None  # (header, fingerprint of its value) credhop added
+    blocked: str | None = None  # the 403 text for a redirect a rule blocked
+    scrub: str | None = None  # userinfo text to remove from the 3xx body
 
 
 class CredHop:
@@ -49,6 +62,8 @@ class CredHop:
         self.fingerprint: Fingerprinter | None = None
         self.observe = False
         self.ttl = 600
+        self.secret_headers = _secret_headers(DEFAULT_SECRET_HEADERS)
+        self._flows: OrderedDict[str, FlowState] = OrderedDict()
         self._rules_stamp: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._filter = SecretFilter()
@@ -77,6 +92,11 @@ class CredHop:
             "Most credentials held at once; the least recently used is dropped first.",
         )
         loader.add_option(
+            "credhop_secret_headers", str, DEFAULT_SECRET_HEADERS,
+            "Comma-separated request headers that carry secrets, besides Authorization, "
+            "Proxy-Authorization and Cookie: watched for leaks across redirects.",
+        )
+        loader.add_option(
             "credhop_fingerprint_key", str, "",
             "File holding the HMAC key for credential fingerprints. Empty: "
             "credhop-fingerprint.key in mitmproxy's confdir, created on first use. "
@@ -97,6 +117,11 @@ class CredHop:
             self.store = MemoryStore(opts.credhop_max_credentials)
         if "credhop_observe" in updated:
             self.observe = opts.credhop_observe
+        if "credhop_secret_headers" in updated:
+            try:
+                self.secret_headers = _secret_headers(opts.credhop_secret_headers)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"credhop_secret_headers: {e}") from None
         if "credhop_fingerprint_key" in updated or self.fingerprint is None:
             self.fingerprint = Fingerprinter(self._fingerprint_key(opts.credhop_fingerprint_key))
         if "credhop_log" in updated:
@@ -133,6 +158,22 @@ class CredHop:
 
     # -- hooks -----------------------------------------------------------------------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not self.chains and not len(self.store):
+            return  # nothing pending, nothing granted: the common case costs two len() calls
+        now = time.time()
+        client = _client(flow)
+        request = flow.request
+        # the follow-up's real destination, never the Host header
+        origin = Origin(request.scheme, request.host.lower(), request.port)
+        position = self.chains.follow(client, normalize_url(request.url), now) if self.chains else None
+        if position:
+            self._place(flow, position)
+            self._check_leaks(flow, position, origin)
+        grant = self.store.get(client, origin, now) if len(self.store) else None
+        if grant:
+            self._inject(flow, grant, position or ChainPosition(grant.chain, grant.hop))
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
         if response is None or response.status_code not in REDIRECTS:
@@ -140,9 +181,11 @@ class CredHop:
         self.stats["redirects"] += 1
         now = time.time()
         client = _client(flow)
-        position = flow.metadata.get(META_POSITION) or self.chains.new_chain()
-        flow.metadata[META_POSITION] = position
-        record = self._record("redirect", flow, position, status=response.status_code)
+        state = self._state(flow)
+        position = state.position or self._place(flow, self.chains.new_chain())
+        sent = self._sent(flow)
+        record = self._record("redirect", flow, position, status=response.status_code,
+                              sent=[s.as_record() for s in sent] or None)
         values = response.headers.get_all("location")
         if len(values) != 1:
             reason = "no Location header" if not values else f"{len(values)} Location headers"
@@ -153,32 +196,71 @@ class CredHop:
             location = parse_location(values[0], flow.request.url)
         except LocationError as e:
             self.stats["location_unparseable"] += 1
-            self._emit({**record, "location": redact_url(values[0]), "action": "none", "reason": str(e)}, logging.WARNING)
+            self._emit({**record, "location": redact_url(values[0]), "action": "none", "reason": str(e)},
+                       logging.WARNING)
             return
-        self.chains.expect(client, location.url, position, now)
         record.update(location=location.redacted, target=str(location.origin), relative=location.relative)
+        rule = self.rules.first_match(Hop(location, flow.request.host, response.status_code, _ip(client)))
+        location_fp = None
         if location.credential is None:
             self._emit({**record, "action": "none"}, logging.DEBUG)
-            return
-        self._handle_credential(flow, record, location, location.credential, client, now)
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if not self.chains and not len(self.store):
-            return
-        now = time.time()
-        client = _client(flow)
-        if self.chains:
-            position = self.chains.follow(client, normalize_url(flow.request.url), now)
-            if position:
-                flow.metadata[META_POSITION] = position
-        if not len(self.store):
-            return
+        else:
+            location_fp = self._handle_credential(flow, state, record, location, location.credential, rule,
+                                                  client, now)
         request = flow.request
-        # the follow-up's real destination, never the Host header
-        grant = self.store.get(client, Origin(request.scheme, request.host.lower(), request.port), now)
-        if grant is None:
+        self.chains.expect(client, location.url, ChainPosition(
+            position.chain, position.hop + 1,
+            came_from=Origin(request.scheme, request.host.lower(), request.port),
+            sent=frozenset(s.fingerprint for s in sent if not s.injected),
+            location_fp=location_fp, on_leak=rule.on_leak if rule else "log",
+        ), now)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.pop(flow.id, None)
+        if state is None or flow.response is None:
             return
-        position = flow.metadata.get(META_POSITION) or ChainPosition(grant.chain, grant.hop)
+        if state.blocked:
+            flow.response = http.Response.make(403, state.blocked.encode(), {"content-type": "text/plain; charset=utf-8"})
+            return
+        if state.scrub and flow.response.raw_content:
+            # "Redirecting to <a href=https://user:token@...>" bodies would hand the secret out anyway
+            body = flow.response.get_content(strict=False) or b""
+            clean = body.replace(state.scrub.encode("utf-8", "surrogateescape"), b"")
+            if clean != body:
+                flow.response.set_content(clean)
+                self.stats["body_scrubbed"] += 1
+        # close the hop of a follow-up, so a report can tell what the client got
+        position = state.position
+        if position and position.hop > 0 and flow.response.status_code not in REDIRECTS:
+            self._emit(self._record("response", flow, position, status=flow.response.status_code,
+                                    sent=[s.as_record() for s in self._sent(flow, state)] or None), logging.DEBUG)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.pop(flow.id, None)
+        if state and state.position and flow.error:
+            self._emit(self._record("error", flow, state.position, reason=flow.error.msg), logging.WARNING)
+
+    # -- decisions -------------------------------------------------------------------
+
+    def _check_leaks(self, flow: http.HTTPFlow, position: ChainPosition, origin: Origin) -> None:
+        state = self._state(flow)
+        leaks = find_leaks(self._sent(flow, state), position, origin)
+        for leak in leaks:
+            self.stats["leak_detected"] += 1
+            action = "log" if self.observe else position.on_leak
+            if action == "strip":
+                del flow.request.headers[leak.header]
+                self.stats["leak_stripped"] += 1
+            self._emit(self._record("leak", flow, position, header=leak.header, fingerprint=leak.fingerprint,
+                                    kind=leak.kind, came_from=str(position.came_from), target=str(origin),
+                                    action=action), logging.WARNING)
+            self._mark(flow, f"credhop: client re-sent {leak.header} to {origin} ({leak.kind}); {action}")
+        if leaks:
+            state.sent = None  # recomputed without what was stripped
+
+    def _inject(self, flow: http.HTTPFlow, grant: Grant, position: ChainPosition) -> None:
+        assert self.fingerprint is not None
+        request = flow.request
         record = self._record("inject", flow, position, rule=grant.rule, header=grant.header,
                               user=grant.user, fingerprint=grant.fingerprint)
         if grant.header in request.headers and not grant.override:
@@ -186,33 +268,21 @@ class CredHop:
             self._emit({**record, "action": "skip", "reason": f"client sent its own {grant.header}"})
             return
         request.headers[grant.header] = grant.value
-        flow.metadata[META_INJECTED] = grant.fingerprint
+        state = self._state(flow)
+        state.injected = (grant.header.lower(), self.fingerprint(credential_from_header(grant.header, grant.value)[1]))
+        state.sent = None
         self.stats["injected"] += 1
         self._emit({**record, "action": "inject"})
         self._mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        blocked = flow.metadata.pop(META_BLOCKED, None)
-        if blocked:
-            flow.response = http.Response.make(403, blocked.encode(), {"content-type": "text/plain; charset=utf-8"})
-            return
-        # close the hop for follow-ups, so a report can tell what the client got
-        if flow.response and flow.response.status_code not in REDIRECTS:
-            position = flow.metadata.get(META_POSITION)
-            if position and position.hop > 0:
-                sent = flow.metadata.get(META_INJECTED) or _auth_scheme(flow.request.headers)
-                self._emit(self._record("response", flow, position, status=flow.response.status_code,
-                                        credential=sent), logging.DEBUG)
-
-    # -- decisions -------------------------------------------------------------------
-
-    def _handle_credential(self, flow: http.HTTPFlow, record: dict[str, Any], location: Location,
-                           credential: Credential, client: str, now: float) -> None:
-        assert self.fingerprint is not None
+    def _handle_credential(self, flow: http.HTTPFlow, state: FlowState, record: dict[str, Any],
+                           location: Location, credential: Credential, rule: Rule | None, client: str,
+                           now: float) -> str:
+        """Apply `rule` to a Location's credential; return the credential's fingerprint."""
+        assert self.fingerprint is not None and flow.response is not None
         self.stats["location_userinfo"] += 1
         fingerprint = self.fingerprint(credential)
         record.update(user=credential.display_user, fingerprint=fingerprint)
-        rule = self.rules.first_match(Hop(location, flow.request.host, flow.response.status_code, _ip(client)))
         action = rule.action if rule else "keep"
         record.update(rule=rule.name if rule else None, action=action)
         if rule is None:
@@ -227,7 +297,7 @@ class CredHop:
         if self.observe:
             self._emit({**record, "observe": True}, logging.INFO)
             self._mark(flow, f"credhop (observe): would {action} the credential in Location ({fingerprint})")
-            return
+            return fingerprint
         response = flow.response
         if action == "inject":
             assert rule is not None
@@ -239,20 +309,44 @@ class CredHop:
                 chain=record["chain"], hop=record["hop"] + 1,
             ))
             record["ttl"] = ttl
+        if action in ("inject", "strip"):
             response.headers["location"] = location.stripped
-        elif action == "strip":
-            response.headers["location"] = location.stripped
+            state.scrub = _userinfo_text(location.raw)
         elif action == "block":
             assert rule is not None
             del response.headers["location"]
             response.stream = False  # the body is replaced in `response`
-            flow.metadata[META_BLOCKED] = (
+            state.blocked = (
                 f"credhop: rule {rule.name!r} blocked a {response.status_code} redirect from "
                 f"{redact_url(flow.request.url)} to {location.redacted} "
                 f"(credential user={credential.display_user or '(token)'} {fingerprint}).\n"
             )
         self._emit(record, logging.INFO)
         self._mark(flow, f"credhop: {action} credential in Location -> {location.origin} ({fingerprint})")
+        return fingerprint
+
+    # -- per-flow state ----------------------------------------------------------------
+
+    def _state(self, flow: http.HTTPFlow) -> FlowState:
+        state = self._flows.get(flow.id)
+        if state is None:
+            state = self._flows[flow.id] = FlowState()
+            while len(self._flows) > MAX_LIVE_FLOWS:  # flows that never ended
+                self._flows.popitem(last=False)
+        return state
+
+    def _place(self, flow: http.HTTPFlow, position: ChainPosition) -> ChainPosition:
+        self._state(flow).position = position
+        flow.metadata[META] = {"chain": position.chain, "hop": position.hop}
+        return position
+
+    def _sent(self, flow: http.HTTPFlow, state: FlowState | None = None) -> list[SentSecret]:
+        state = state or self._state(flow)
+        if state.sent is None:
+            assert self.fingerprint is not None
+            state.sent = secrets_sent(flow.request.headers.items(multi=True), self.secret_headers,
+                                      self.fingerprint, state.injected)
+        return state.sent
 
     def _refusal(self, rule: Rule, location: Location, credential: Credential) -> str | None:
         """Why an inject rule must not inject here, or None."""
@@ -367,9 +461,19 @@ def _ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _auth_scheme(headers: http.Headers) -> str | None:
-    value = headers.get("authorization")
-    return value.split(" ", 1)[0] if value else None
+def _secret_headers(spec: str) -> frozenset[str]:
+    extra = [h.strip().lower() for h in spec.split(",") if h.strip()]
+    bad = [h for h in extra if not all(c.isalnum() or c in "-_" for c in h)]
+    if bad:
+        raise ValueError(f"invalid header name(s): {', '.join(bad)}")
+    return frozenset(ALWAYS_SECRET) | frozenset(extra)
+
+
+def _userinfo_text(raw: str) -> str | None:
+    """The `user:password@` text of a Location, as it may also appear in the 3xx body."""
+    head, sep, rest = raw.partition("//")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return authority[: authority.rindex("@") + 1] if sep and "@" in authority else None
 
 
 def _stamp(path: str) -> tuple[float, int] | None:

@@ -10,11 +10,18 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .urls import Origin
+
 
 @dataclass(frozen=True, slots=True)
 class ChainPosition:
     chain: str
     hop: int
+    # what the previous hop knew, for telling a client's leak from a credential meant for here
+    came_from: Origin | None = None
+    sent: frozenset[str] = frozenset()  # fingerprints of secrets the previous request carried
+    location_fp: str | None = None  # fingerprint of the credential the Location handed out
+    on_leak: str = "log"
 
 
 class ChainTracker:
@@ -27,22 +34,28 @@ class ChainTracker:
     def new_chain() -> ChainPosition:
         return ChainPosition(secrets.token_hex(6), 0)
 
-    def expect(self, client: str, url: str, after: ChainPosition, now: float) -> ChainPosition:
-        """Remember that `client` should next request `url`; return the hop it will be."""
-        nxt = ChainPosition(after.chain, after.hop + 1)
+    def expect(self, client: str, url: str, position: ChainPosition, now: float) -> None:
+        """Remember that `client` should next request `url`, as hop `position`."""
+        self._purge(now)
         key = (client, url)
         self._pending.pop(key, None)
-        self._pending[key] = (nxt, now + self.ttl)
+        self._pending[key] = (position, now + self.ttl)
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
-        return nxt
 
     def follow(self, client: str, url: str, now: float) -> ChainPosition | None:
         """The hop this request continues, if a 3xx sent this client here."""
+        self._purge(now)
         entry = self._pending.pop((client, url), None)
-        if entry is None or entry[1] <= now:
-            return None
-        return entry[0]
+        return entry[0] if entry else None
+
+    def _purge(self, now: float) -> None:
+        # entries share one TTL, so insertion order is expiry order
+        while self._pending:
+            _, (_, expires) = next(iter(self._pending.items()))
+            if expires > now:
+                break
+            self._pending.popitem(last=False)
 
     def __bool__(self) -> bool:
         return bool(self._pending)

@@ -111,3 +111,19 @@ class HeaderTemplate:
 
 
 BASIC = HeaderTemplate("Authorization", "Basic {basic}")
+
+
+def credential_from_header(name: str, value: str) -> tuple[str | None, Credential]:
+    """(auth scheme, credential) of a request header, so its fingerprint can be compared
+    with the fingerprint of a Location's userinfo: Basic decodes to user and password,
+    any other value counts as a bare token (like `https://TOKEN@host/`)."""
+    if name.lower() not in ("authorization", "proxy-authorization"):
+        return None, Credential(value, "")
+    scheme, _, param = value.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(param.strip(), validate=True).decode("utf-8").partition(":")
+            return "Basic", Credential(user, password)
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return scheme or None, Credential(param.strip() or value, "")

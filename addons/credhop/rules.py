@@ -21,7 +21,8 @@ from .urls import Location
 
 ACTIONS = ("inject", "strip", "keep", "block")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
-RULE_KEYS = ("name", "match", "action", "header", "ttl", "allow_plaintext", "override_client_header")
+RULE_KEYS = ("name", "match", "action", "header", "ttl", "allow_plaintext", "override_client_header", "on_leak")
+LEAK_ACTIONS = ("log", "strip")
 MATCH_KEYS = ("host", "from_host", "scheme", "port", "path_prefix", "status", "client")
 HEADER_KEYS = ("name", "value")
 TOP_KEYS = ("rules",)
@@ -85,6 +86,7 @@ class Rule:
     ttl: int | None = None  # None: the credhop_ttl option
     allow_plaintext: bool = False
     override_client_header: bool = False
+    on_leak: str = "log"  # a client re-sending a secret to another origin after this redirect
     line: int = 0
 
 
@@ -215,6 +217,11 @@ class _Parser:
             kwargs["ttl"] = self.scalar(ttl_node, f"{where}.ttl", int)
             if kwargs["ttl"] <= 0:
                 raise self.fail(ttl_node, f"{where}.ttl", "must be a positive number of seconds")
+        if "on_leak" in fields:
+            leak_node = fields["on_leak"][1]
+            kwargs["on_leak"] = self.choice(f"{where}.on_leak", LEAK_ACTIONS)(
+                self.scalar(leak_node, f"{where}.on_leak", str), leak_node
+            )
         for flag in ("allow_plaintext", "override_client_header"):
             if flag in fields:
                 kwargs[flag] = self.scalar(fields[flag][1], f"{where}.{flag}", bool)

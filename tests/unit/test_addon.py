@@ -47,6 +47,10 @@ rules:
   - name: registry
     match: {host: ["registry.example", "plain.example", "127.0.0.2"]}
     action: inject
+  - name: careful
+    match: {host: "*.strip-leaks.example"}
+    action: inject
+    on_leak: strip
 """
 
 
@@ -146,7 +150,7 @@ def test_a_second_redirect_continues_the_chain(hop):
     hop.addon.responseheaders(second)
     recs = [r for r in hop.records() if r["event"] == "redirect"]
     assert [r["hop"] for r in recs] == [0, 1]
-    assert recs[0]["chain"] == recs[1]["chain"] == first.metadata["credhop.position"].chain
+    assert recs[0]["chain"] == recs[1]["chain"] == first.metadata["credhop"]["chain"]
 
 
 def test_relative_and_scheme_relative_locations(hop):
@@ -272,8 +276,8 @@ def test_broken_rules_are_rejected_and_the_old_ones_kept(hop, caplog):
         hop.addon.configure({"credhop_rules"})
     with caplog.at_level(logging.ERROR, logger="credhop"):
         hop.addon.reload()
-    assert "keeping the previous 7 rule(s)" in caplog.text and "rules.yaml:4:13" in caplog.text
-    assert len(hop.addon.rules.rules) == 7
+    assert "keeping the previous 8 rule(s)" in caplog.text and "rules.yaml:4:13" in caplog.text
+    assert len(hop.addon.rules.rules) == 8
     assert hop.addon.stats["rules_reload_failed"] == 1
 
 
@@ -325,3 +329,108 @@ def test_secret_filter_scrubs_foreign_log_lines():
     message = record.getMessage()
     assert ENCODED not in message and "YXdzOnNlY3JldA" not in message
     assert "http://aws:***@registry.example/" in message
+
+
+def basic(user, password):
+    return "Basic " + __import__("base64").b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(("host", "action"), [("cdn.example", "log"), ("cdn.strip-leaks.example", "strip")])
+def test_client_resending_its_credential_to_another_origin_is_a_leak(hop, host, action):
+    own = basic("me", "my-own-secret")
+    first = redirect(f"https://{host}/file", url="https://origin.example/file")
+    first.request.headers["Authorization"] = own
+    first.request.headers["Cookie"] = "session=abc123"
+    hop.addon.requestheaders(first)
+    hop.addon.responseheaders(first)
+    follow_up = send(hop, f"https://{host}/file", headers=[("Authorization", own), ("Cookie", "session=abc123")])
+    leaks = [r for r in hop.records() if r["event"] == "leak"]
+    assert {(r["header"], r["kind"], r["action"]) for r in leaks} == {
+        ("authorization", "other-host", action), ("cookie", "other-host", action)}
+    assert leaks[0]["came_from"] == "https://origin.example" and leaks[0]["target"] == f"https://{host}"
+    assert ("authorization" in follow_up.request.headers) is (action == "log")
+    assert hop.addon.stats["leak_detected"] == 2
+
+
+@pytest.mark.parametrize(
+    ("target", "kind"),
+    [("http://origin.example/x", "scheme-downgrade"), ("https://origin.example:8443/x", "other-port")],
+)
+def test_leak_kinds(hop, target, kind):
+    first = redirect(target, url="https://origin.example/x")
+    first.request.headers["X-API-Key"] = "key-123456"
+    hop.addon.responseheaders(first)
+    send(hop, target, headers=[("X-API-Key", "key-123456")])
+    assert [(r["header"], r["kind"]) for r in hop.records() if r["event"] == "leak"] == [("x-api-key", kind)]
+
+
+def test_not_leaks_same_origin_new_credential_or_the_one_the_location_gave(hop):
+    own = basic("me", "my-own-secret")
+    same = redirect("/other", url="https://origin.example/x")
+    same.request.headers["Authorization"] = own
+    hop.addon.responseheaders(same)
+    send(hop, "https://origin.example/other", headers=[("Authorization", own)])  # same origin
+    other = redirect("https://else.example/", url="https://origin.example/y")
+    other.request.headers["Authorization"] = own
+    hop.addon.responseheaders(other)
+    send(hop, "https://else.example/", headers=[("Authorization", basic("me", "other-secret"))])  # not re-sent
+    # a client that itself follows the Location's credential (uv >= 0.7.16) is doing the right thing
+    given = redirect(f"https://aws:{ENCODED}@keep.example/", url="https://origin.example/z")
+    given.request.headers["Authorization"] = basic("aws", TOKEN)
+    hop.addon.responseheaders(given)
+    send(hop, "https://keep.example/", headers=[("Authorization", basic("aws", TOKEN))])
+    assert not [r for r in hop.records() if r["event"] == "leak"]
+
+
+def test_hop_log_says_what_each_request_carried(hop):
+    f = redirect("https://next.example/", url="https://origin.example/")
+    f.request.headers["Authorization"] = "Bearer abcdefgh"
+    hop.addon.responseheaders(f)
+    sent = hop.records()[0]["sent"]
+    assert sent == [{"header": "authorization", "scheme": "Bearer", "fingerprint": sent[0]["fingerprint"], "injected": False}]
+    assert sent[0]["fingerprint"].startswith("hm:")
+
+
+def test_secret_in_the_redirect_body_is_scrubbed_too(hop):
+    f = redirect(f"https://aws:{ENCODED}@registry.example/s/")
+    f.response.set_text(f'Redirecting to <a href="https://aws:{ENCODED}@registry.example/s/">here</a>')
+    hop.addon.responseheaders(f)
+    hop.addon.response(f)
+    assert f.response.text == 'Redirecting to <a href="https://registry.example/s/">here</a>'
+
+
+def test_flows_stay_serialisable_for_mitmdump_w(hop):
+    import io
+
+    from mitmproxy import io as mio
+
+    f = run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
+    g = send(hop, "https://registry.example/s/")
+    buf = io.BytesIO()
+    mio.FlowWriter(buf).add(f)
+    mio.FlowWriter(buf).add(g)
+    assert g.metadata["credhop"] == {"chain": f.metadata["credhop"]["chain"], "hop": 1}
+
+
+def test_follow_up_errors_are_logged(hop):
+    from mitmproxy import flow as mflow
+
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
+    g = send(hop, "https://registry.example/s/")
+    g.error = mflow.Error("connection refused")
+    hop.addon.error(g)
+    assert hop.records()[-1] == {**hop.records()[-1], "event": "error", "reason": "connection refused", "hop": 1}
+
+
+def test_max_credentials_bounds_the_store(hop):
+    hop.tctx.configure(hop.addon, credhop_max_credentials=2)
+    for i in range(3):
+        run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/", client=(f"10.0.1.{i}", 1))
+    assert len(hop.addon.store) == 2
+    assert "authorization" not in send(hop, "https://registry.example/s/", client=("10.0.1.0", 1)).request.headers
+    assert "authorization" in send(hop, "https://registry.example/s/", client=("10.0.1.2", 1)).request.headers
+
+
+def test_bad_secret_header_names_are_refused(hop):
+    with pytest.raises(exceptions.OptionsError, match="invalid header name"):
+        hop.tctx.configure(hop.addon, credhop_secret_headers="X-Ok, bad header")

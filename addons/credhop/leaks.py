@@ -1,0 +1,72 @@
+"""Secrets a request carries, and telling a client's leak from a credential meant for where it goes.
+
+A leak is a client re-sending, after a redirect, a secret it sent to the
+previous origin to a different one (requests CVE-2018-18074, curl
+CVE-2022-27776, urllib3 CVE-2023-43804). A credential the Location itself
+handed out for the new origin is not a leak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .chains import ChainPosition
+from .credentials import Fingerprinter, credential_from_header
+from .urls import Origin
+
+ALWAYS_SECRET = ("authorization", "proxy-authorization", "cookie")
+
+
+@dataclass(frozen=True, slots=True)
+class SentSecret:
+    header: str  # lower-case name
+    scheme: str | None  # Basic, Bearer, ... for authorization headers
+    fingerprint: str
+    injected: bool  # put there by credhop, not by the client
+
+    def as_record(self) -> dict[str, Any]:
+        return {"header": self.header, "scheme": self.scheme, "fingerprint": self.fingerprint,
+                "injected": self.injected}
+
+
+@dataclass(frozen=True, slots=True)
+class Leak:
+    header: str
+    fingerprint: str
+    kind: str  # scheme-downgrade | other-host | other-port | other-scheme
+
+
+def secrets_sent(headers: Iterable[tuple[str, str]], names: frozenset[str], fingerprint: Fingerprinter,
+                 injected: tuple[str, str] | None = None) -> list[SentSecret]:
+    """Every secret-bearing header; `injected` is (header, value fingerprint) of credhop's own."""
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in names:
+            continue
+        scheme, credential = credential_from_header(lname, value)
+        fp = fingerprint(credential)
+        out.append(SentSecret(lname, scheme, fp, injected is not None and injected == (lname, fp)))
+    return out
+
+
+def leak_kind(came_from: Origin, origin: Origin) -> str:
+    if came_from.scheme == "https" and origin.scheme == "http":
+        return "scheme-downgrade"
+    if came_from.host != origin.host:
+        return "other-host"
+    if came_from.port != origin.port:
+        return "other-port"
+    return "other-scheme"
+
+
+def find_leaks(sent: list[SentSecret], position: ChainPosition, origin: Origin) -> list[Leak]:
+    if position.came_from is None or position.came_from == origin:
+        return []
+    kind = leak_kind(position.came_from, origin)
+    return [
+        Leak(s.header, s.fingerprint, kind)
+        for s in sent
+        if not s.injected and s.fingerprint in position.sent and s.fingerprint != position.location_fp
+    ]
