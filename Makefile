@@ -20,7 +20,7 @@ HOPLOG ?= credhop-hops.jsonl
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither" || true
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture clean
+.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture demo clean
 
 help:
 	@echo "make run    start mitmdump with credhop and $(RULES) on $(LISTEN_HOST):$(LISTEN_PORT)"
@@ -52,7 +52,7 @@ fixture: deps
 # -- test set-up ----------------------------------------------------------------
 
 system-deps:
-	@missing=""; for pair in curl:curl git:git; do \
+	@missing=""; for pair in curl:curl git:git chromium:chromium; do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

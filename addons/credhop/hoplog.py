@@ -58,18 +58,23 @@ class HopLog:
 def event_line(record: dict[str, Any]) -> str:
     """One readable line for mitmproxy's event log."""
     chain = f"[{record.get('chain', '-')}#{record.get('hop', 0)}]"
-    who = record.get("client", "?")
-    if record["event"] == "inject":
+    event = record["event"]
+    if event == "inject":
         what = f"{record['header']} added to {record['method']} {record['url']}"
-    else:
+    elif event == "leak":
+        what = (f"client re-sent {record['header']} from {record['came_from']} to {record['target']}"
+                f" ({record['kind']})")
+    elif event == "redirect":
         what = f"{record.get('status')} {record.get('url')} -> {record.get('location')}"
+    else:  # response, error
+        what = f"{record['method']} {record['url']} -> {record.get('status', 'no response')}"
     cred = ""
     if record.get("fingerprint"):
         cred = f" credential user={record.get('user') or '(token)'} fp={record['fingerprint']}"
     how = f" rule={record['rule']}" if record.get("rule") else ""
     action = f" action={record['action']}" if record.get("action") else ""
     reason = f" ({record['reason']})" if record.get("reason") else ""
-    return scrub(f"credhop {chain} {who} {record['event']}: {what}{how}{action}{reason}{cred}")
+    return scrub(f"credhop {chain} {record.get('client', '?')} {event}: {what}{how}{action}{reason}{cred}")
 
 
 class SecretFilter(logging.Filter):

@@ -434,3 +434,25 @@ def test_max_credentials_bounds_the_store(hop):
 def test_bad_secret_header_names_are_refused(hop):
     with pytest.raises(exceptions.OptionsError, match="invalid header name"):
         hop.tctx.configure(hop.addon, credhop_secret_headers="X-Ok, bad header")
+
+
+def test_event_log_lines_for_every_event(hop, caplog):
+    from mitmproxy import flow as mflow
+
+    with caplog.at_level(logging.DEBUG, logger="credhop"):
+        first = redirect(f"https://aws:{ENCODED}@registry.example/s/", url="https://origin.example/")
+        first.request.headers["Cookie"] = "session=abcdef"
+        hop.addon.responseheaders(first)
+        g = send(hop, "https://registry.example/s/", headers=[("Cookie", "session=abcdef")])
+        g.response = tflow.tresp(status_code=404)
+        hop.addon.response(g)
+        run_redirect(hop, f"https://aws:{ENCODED}@registry.example/t/")
+        e = send(hop, "https://registry.example/t/")
+        e.error = mflow.Error("connection refused")
+        hop.addon.error(e)
+    lines = [r.getMessage() for r in caplog.records if r.name == "credhop"]
+    assert any(" redirect: 302 https://origin.example/ -> https://aws:***@registry.example/s/" in x for x in lines)
+    assert any(" leak: client re-sent cookie from https://origin.example to https://registry.example (other-host)" in x for x in lines)
+    assert any(" inject: Authorization added to GET https://registry.example/s/" in x for x in lines)
+    assert any(" response: GET https://registry.example/s/ -> 404" in x for x in lines)
+    assert any(" error: GET https://registry.example/t/ -> no response (connection refused)" in x for x in lines)
