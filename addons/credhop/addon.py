@@ -22,11 +22,12 @@ from typing import Any
 
 from mitmproxy import command, ctx, exceptions, http
 
+from .bodies import Replacer, Scrubber, userinfo_replacements
 from .chains import ChainPosition, ChainTracker
 from .credentials import Credential, CredentialError, Fingerprinter, credential_from_header
 from .hoplog import HopLog, SecretFilter, event_line
 from .leaks import ALWAYS_SECRET, SentSecret, find_leaks, secrets_sent
-from .rules import Hop, Rule, RuleSet, RulesError, load_rules
+from .rules import MAX_TTL, Hop, Rule, RuleSet, RulesError, load_rules
 from .store import CredentialStore, Grant, MemoryStore
 from .urls import Location, LocationError, Origin, normalize_url, parse_location, parsers_disagree, redact_url
 
@@ -48,8 +49,7 @@ class FlowState:
     position: ChainPosition | None = None
     sent: list[SentSecret] | None = None  # secrets the request carries
     injected: tuple[str, str] | None = None  # (header, fingerprint of its value) credhop added
-    blocked: str | None = None  # the 403 text for a redirect a rule blocked
-    scrub: str | None = None  # userinfo text to remove from the 3xx body
+    body: Scrubber | Replacer | None = None  # rewrites the 3xx body (see bodies.py)
 
 
 class CredHop:
@@ -108,8 +108,8 @@ class CredHop:
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         if "credhop_ttl" in updated:
-            if opts.credhop_ttl <= 0:
-                raise exceptions.OptionsError(f"credhop_ttl must be positive, not {opts.credhop_ttl}")
+            if not 0 < opts.credhop_ttl <= MAX_TTL:
+                raise exceptions.OptionsError(f"credhop_ttl must be 1..{MAX_TTL} seconds, not {opts.credhop_ttl}")
             self.ttl = opts.credhop_ttl
         if "credhop_max_credentials" in updated:
             if opts.credhop_max_credentials < 1:
@@ -164,8 +164,7 @@ class CredHop:
         now = time.time()
         client = _client(flow)
         request = flow.request
-        # the follow-up's real destination, never the Host header
-        origin = Origin(request.scheme, request.host.lower(), request.port)
+        origin = _origin(request)
         position = self.chains.follow(client, normalize_url(request.url), now) if self.chains else None
         if position:
             self._place(flow, position)
@@ -207,10 +206,9 @@ class CredHop:
         else:
             location_fp = self._handle_credential(flow, state, record, location, location.credential, rule,
                                                   client, now)
-        request = flow.request
         self.chains.expect(client, location.url, ChainPosition(
             position.chain, position.hop + 1,
-            came_from=Origin(request.scheme, request.host.lower(), request.port),
+            came_from=_origin(flow.request),
             sent=frozenset(s.fingerprint for s in sent if not s.injected),
             location_fp=location_fp, on_leak=rule.on_leak if rule else "log",
         ), now)
@@ -219,16 +217,13 @@ class CredHop:
         state = self._flows.pop(flow.id, None)
         if state is None or flow.response is None:
             return
-        if state.blocked:
-            flow.response = http.Response.make(403, state.blocked.encode(), {"content-type": "text/plain; charset=utf-8"})
-            return
-        if state.scrub and flow.response.raw_content:
-            # "Redirecting to <a href=https://user:token@...>" bodies would hand the secret out anyway
-            body = flow.response.get_content(strict=False) or b""
-            clean = body.replace(state.scrub.encode("utf-8", "surrogateescape"), b"")
-            if clean != body:
-                flow.response.set_content(clean)
-                self.stats["body_scrubbed"] += 1
+        body = state.body
+        if isinstance(body, Replacer) and not body.done:  # the body was buffered, not streamed
+            flow.response.content = body.body
+        elif isinstance(body, Scrubber) and flow.response.raw_content:
+            flow.response.content = body.scrub(flow.response.get_content(strict=False) or b"")
+        if body is not None and getattr(body, "removed", 0):
+            self.stats["body_scrubbed"] += 1
         # close the hop of a follow-up, so a report can tell what the client got
         position = state.position
         if position and position.hop > 0 and flow.response.status_code not in REDIRECTS:
@@ -288,7 +283,7 @@ class CredHop:
         if rule is None:
             record["reason"] = "no rule matched"
         elif action == "inject":
-            refusal = self._refusal(rule, location, credential)
+            refusal = self._refusal(rule, location, credential, fingerprint, _origin(flow.request), client, now)
             if refusal:
                 self.stats["inject_refused"] += 1
                 record.update(action="keep", reason=refusal)
@@ -303,7 +298,7 @@ class CredHop:
             assert rule is not None
             ttl = rule.ttl or self.ttl
             self.store.put(Grant(
-                client=client, origin=location.origin, header=rule.header.name,
+                client=client, origin=location.origin, issuer=_origin(flow.request), header=rule.header.name,
                 value=rule.header.render(credential), rule=rule.name, user=credential.display_user,
                 fingerprint=fingerprint, expires=now + ttl, override=rule.override_client_header,
                 chain=record["chain"], hop=record["hop"] + 1,
@@ -311,16 +306,22 @@ class CredHop:
             record["ttl"] = ttl
         if action in ("inject", "strip"):
             response.headers["location"] = location.stripped
-            state.scrub = _userinfo_text(location.raw)
+            userinfo = _userinfo_text(location.raw)
+            if userinfo:
+                state.body = Scrubber(userinfo_replacements(userinfo))
+                _rewrite_body(flow, state.body)
         elif action == "block":
             assert rule is not None
-            del response.headers["location"]
-            response.stream = False  # the body is replaced in `response`
-            state.blocked = (
+            message = (
                 f"credhop: rule {rule.name!r} blocked a {response.status_code} redirect from "
                 f"{redact_url(flow.request.url)} to {location.redacted} "
                 f"(credential user={credential.display_user or '(token)'} {fingerprint}).\n"
-            )
+            ).encode()
+            response.status_code, response.reason = 403, "Forbidden"
+            response.headers = http.Headers(content_type="text/plain; charset=utf-8",
+                                            content_length=str(len(message)))
+            state.body = Replacer(message)
+            response.stream = state.body
         self._emit(record, logging.INFO)
         self._mark(flow, f"credhop: {action} credential in Location -> {location.origin} ({fingerprint})")
         return fingerprint
@@ -348,11 +349,16 @@ class CredHop:
                                       self.fingerprint, state.injected)
         return state.sent
 
-    def _refusal(self, rule: Rule, location: Location, credential: Credential) -> str | None:
+    def _refusal(self, rule: Rule, location: Location, credential: Credential, fingerprint: str,
+                 issuer: Origin, client: str, now: float) -> str | None:
         """Why an inject rule must not inject here, or None."""
         problem = credential.problem()
         if problem:
             return problem
+        held = self.store.get(client, location.origin, now)
+        if held and held.issuer != issuer and held.fingerprint != fingerprint:
+            # another site must not swap the credential a client uses for a registry
+            return f"{location.origin} already holds a live credential handed out by {held.issuer}"
         origin = location.origin
         if origin.is_plaintext and not origin.is_loopback and not rule.allow_plaintext:
             return "plaintext http destination; set allow_plaintext on the rule to permit"
@@ -402,7 +408,10 @@ class CredHop:
             await asyncio.sleep(RELOAD_INTERVAL)
             path = ctx.options.credhop_rules
             if path and _stamp(path) != self._rules_stamp:
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:  # never let the watcher die: reloads would stop silently
+                    log.exception("credhop: unexpected error reloading %s; keeping the previous rules", path)
                 self._rules_stamp = _stamp(path)  # a broken file is reported once per edit
 
     def _fingerprint_key(self, path: str) -> bytes:
@@ -447,6 +456,28 @@ class CredHop:
     def _mark(flow: http.HTTPFlow, comment: str) -> None:
         flow.marked = MARKER
         flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
+
+
+def _origin(request: http.Request) -> Origin:
+    """Where mitmproxy really sends the request: never the Host header."""
+    return Origin(request.scheme, request.host.lower(), request.port)
+
+
+def _rewrite_body(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
+    """Route the 3xx body through `rewriter`, streamed or not; its length may change,
+    so the framing towards the client changes with it."""
+    response = flow.response
+    assert response is not None
+    if response.headers.get("content-length") == "0":
+        return
+    client_version = flow.request.http_version
+    if client_version == "HTTP/1.0":  # no chunked framing: buffer, and scrub in `response`
+        response.stream = False
+        return
+    response.headers.pop("content-length", None)
+    if client_version == "HTTP/1.1":
+        response.headers["transfer-encoding"] = "chunked"
+    response.stream = rewriter
 
 
 def _client(flow: http.HTTPFlow) -> str:

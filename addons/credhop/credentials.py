@@ -13,6 +13,10 @@ import re
 import string
 from dataclasses import dataclass, field
 
+# The auth schemes worth naming in a log; anything else is reported as no scheme,
+# since a bare token in Authorization would otherwise be logged as its "scheme".
+AUTH_SCHEMES = {s.lower(): s for s in ("Basic", "Bearer", "Digest", "Negotiate", "NTLM", "Token",
+                                       "AWS4-HMAC-SHA256", "Hawk", "Mutual", "SCRAM-SHA-256", "HOBA")}
 # After percent-decoding, these would let a credential forge header lines.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLACEHOLDERS = {
@@ -119,11 +123,12 @@ def credential_from_header(name: str, value: str) -> tuple[str | None, Credentia
     any other value counts as a bare token (like `https://TOKEN@host/`)."""
     if name.lower() not in ("authorization", "proxy-authorization"):
         return None, Credential(value, "")
-    scheme, _, param = value.strip().partition(" ")
-    if scheme.lower() == "basic":
+    word, _, param = value.strip().partition(" ")
+    scheme = AUTH_SCHEMES.get(word.lower()) if param.strip() else None
+    if scheme == "Basic":
         try:
             user, _, password = base64.b64decode(param.strip(), validate=True).decode("utf-8").partition(":")
-            return "Basic", Credential(user, password)
+            return scheme, Credential(user, password)
         except (ValueError, UnicodeDecodeError):
             pass
-    return scheme or None, Credential(param.strip() or value, "")
+    return scheme, Credential(param.strip() if scheme else value, "")

@@ -17,12 +17,20 @@ from typing import Any, TextIO
 from .urls import redact_url
 
 SCHEMA = 1
-_AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|token)\s+[A-Za-z0-9+/=._~-]{4,}")
+# `Authorization: <anything>` and friends, as header lines, dict/bytes reprs or key=value
+_SECRET_HEADER = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|cookie|private-token|x-api-key|x-auth-token)"
+    r"(['\"]?\s*[:=,]\s*b?['\"]?)([^'\"\r\n]+)"
+)
+# a scheme word followed by its credential, anywhere
+_AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|digest|negotiate|ntlm)\s+[^\s'\",;)]{8,}")
 
 
 def scrub(text: str) -> str:
     """Remove URL userinfo and header-style credentials from free text."""
-    return _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", redact_url(text))
+    text = redact_url(text)
+    text = _SECRET_HEADER.sub(lambda m: f"{m[1]}{m[2]}***", text)
+    return _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", text)
 
 
 def _scrub_record(value: Any) -> Any:

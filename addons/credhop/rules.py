@@ -21,6 +21,8 @@ from .urls import Location
 
 ACTIONS = ("inject", "strip", "keep", "block")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+MAX_TTL = 7 * 24 * 3600
+PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "bool", "null", "float")}
 RULE_KEYS = ("name", "match", "action", "header", "ttl", "allow_plaintext", "override_client_header", "on_leak")
 LEAK_ACTIONS = ("log", "strip")
 MATCH_KEYS = ("host", "from_host", "scheme", "port", "path_prefix", "status", "client")
@@ -59,9 +61,11 @@ class Match:
 
     def __call__(self, hop: Hop) -> bool:
         origin = hop.location.origin
+        # "host." is the same host as "host" to DNS; patterns are stored without the dot too
+        host, from_host = origin.host.rstrip("."), hop.from_host.rstrip(".")
         return (
-            (not self.hosts or any(p.match(origin.host) for p in self.hosts))
-            and (not self.from_hosts or any(p.match(hop.from_host) for p in self.from_hosts))
+            (not self.hosts or any(p.match(host) for p in self.hosts))
+            and (not self.from_hosts or any(p.match(from_host) for p in self.from_hosts))
             and (not self.schemes or origin.scheme in self.schemes)
             and (not self.ports or origin.port in self.ports)
             and (not self.path_prefixes or hop.location.path.startswith(self.path_prefixes))
@@ -182,7 +186,12 @@ class _Parser:
     def scalar(self, node: yaml.Node, key: str, kind: type | tuple[type, ...]) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, key, f"must be a single {_kind_name(kind)}")
-        value = self.constructor.construct_object(node, deep=True)
+        if node.tag not in PLAIN_TAGS:
+            raise self.fail(node, key, f"YAML tag {node.tag!r} is not allowed here")
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except Exception:  # e.g. `!!int abc`: PyYAML raises ValueError, KeyError, ...
+            raise self.fail(node, key, f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}") from None
         # bool is an int in Python; do not let `port: yes` through
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise self.fail(node, key, f"must be a {_kind_name(kind)}, not {value!r}")
@@ -215,8 +224,8 @@ class _Parser:
         if "ttl" in fields:
             ttl_node = fields["ttl"][1]
             kwargs["ttl"] = self.scalar(ttl_node, f"{where}.ttl", int)
-            if kwargs["ttl"] <= 0:
-                raise self.fail(ttl_node, f"{where}.ttl", "must be a positive number of seconds")
+            if not 0 < kwargs["ttl"] <= MAX_TTL:
+                raise self.fail(ttl_node, f"{where}.ttl", f"must be 1..{MAX_TTL} seconds (a week at most)")
         if "on_leak" in fields:
             leak_node = fields["on_leak"][1]
             kwargs["on_leak"] = self.choice(f"{where}.on_leak", LEAK_ACTIONS)(

@@ -19,6 +19,7 @@ class Grant:
 
     client: str
     origin: Origin
+    issuer: Origin  # the origin whose 3xx handed the credential out
     header: str
     value: str = field(repr=False)  # the rendered secret
     rule: str

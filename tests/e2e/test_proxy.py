@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.e2e.harness import Mitmdump, clean_env, proxy_env, run, tool
 from tests.e2e.test_clients import CLIENTS, PACKAGE, curl_fetch, uv_install
+from tests.fixtures.registry import Redirector, Response
 from tests.secrets_check import assert_no_leak
 
 INJECT = "rules:\n  - name: loopback-registry\n    match: {host: 127.0.0.2}\n    action: inject\n"
@@ -93,3 +96,36 @@ def test_userinfo_in_a_clients_request_line_is_scrubbed_from_mitmproxy_output(re
     assert result.returncode != 0 and "400 Bad Request" in result.output
     assert f"GET http://aws:***@127.0.0.2:{registry.index.port}/" in proxy.output
     assert_no_leak(proxy.output + proxy.hoplog.read_text(), forms, "mitmdump output and hop log")
+
+
+class ChattyRedirector(Redirector):
+    """A redirector whose 3xx body repeats the Location, userinfo and all, as many servers do."""
+
+    def _redirect(self, location: str) -> Response:
+        body = f'<html>Redirecting to <a href="{location}">{location}</a></html>\n'.encode() * 50
+        return Response(self.status, [("Location", location), ("Content-Type", "text/html")], body)
+
+
+@pytest.mark.parametrize("stream_large_bodies", ["", "1k"])
+@pytest.mark.parametrize("rules_text", [INJECT, BLOCK])
+def test_redirect_bodies_never_carry_the_secret_streamed_or_not(registry_factory, pki, tmp_path, forms,
+                                                                stream_large_bodies, rules_text):
+    registry = registry_factory("https", 401)
+    chatty = ChattyRedirector(target=registry.index.credentials_url("/simple/"), tls=pki.server_context()).start()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_text)
+    try:
+        options = {"stream_large_bodies": stream_large_bodies} if stream_large_bodies else {}
+        with Mitmdump(tmp_path / "proxy", registry.test_ca, rules=rules, options=options) as proxy:
+            result = run([tool("CREDHOP_CURL", "curl"), "-sS", "-i", "--proxy", proxy.url, "--cacert",
+                          str(proxy.ca_cert), f"{chatty.simple_url}credhop-demo-pkg/"], clean_env(tmp_path / "home"), tmp_path)
+    finally:
+        chatty.stop()
+    assert result.returncode == 0, result.stderr
+    if rules_text == BLOCK:
+        assert "HTTP/1.1 403 Forbidden" in result.stdout and "blocked a 302 redirect" in result.stdout
+        assert "Redirecting" not in result.stdout
+    else:
+        assert "HTTP/1.1 302" in result.stdout and result.stdout.count("Redirecting to") == 50
+        assert f'href="https://127.0.0.2:{registry.index.port}/pypi/python/simple/credhop-demo-pkg/"' in result.stdout
+    assert_no_leak(result.output + proxy.output, forms, "curl and mitmdump output")

@@ -283,7 +283,7 @@ def test_broken_rules_are_rejected_and_the_old_ones_kept(hop, caplog):
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
-    [("credhop_ttl", 0, "positive"), ("credhop_max_credentials", 0, "at least 1"),
+    [("credhop_ttl", 0, "must be 1..604800"), ("credhop_ttl", 10**9, "must be 1..604800"), ("credhop_max_credentials", 0, "at least 1"),
      ("credhop_log", "/proc/nonexistent/x.jsonl", "cannot open"), ("credhop_rules", "/nonexistent.yaml", "cannot read")],
 )
 def test_bad_option_values_raise_options_error(hop, option, value, message):
@@ -456,3 +456,50 @@ def test_event_log_lines_for_every_event(hop, caplog):
     assert any(" inject: Authorization added to GET https://registry.example/s/" in x for x in lines)
     assert any(" response: GET https://registry.example/s/ -> 404" in x for x in lines)
     assert any(" error: GET https://registry.example/t/ -> no response (connection refused)" in x for x in lines)
+
+
+def test_another_site_cannot_swap_the_credential_an_origin_holds(hop):
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/", url="https://redirector.example/simple/")
+    hostile = run_redirect(hop, "https://attacker:ATTACKER-TOKEN@registry.example/x", url="https://any-site.example/")
+    assert "ATTACKER" in hostile.response.headers["location"]  # left alone, not adopted
+    assert "already holds a live credential handed out by https://redirector.example" in hop.records()[-1]["reason"]
+    assert send(hop, "https://registry.example/x").request.headers["authorization"] == basic("aws", TOKEN)
+    # the same redirector may hand out a fresh token
+    run_redirect(hop, "https://aws:NEW-TOKEN@registry.example/s/", url="https://redirector.example/simple/")
+    assert send(hop, "https://registry.example/x").request.headers["authorization"] == basic("aws", "NEW-TOKEN")
+
+
+def test_bare_token_in_authorization_is_not_logged_as_a_scheme(hop):
+    f = redirect("https://next.example/", url="https://origin.example/")
+    f.request.headers["Authorization"] = "ghp_MyPersonalAccessToken123"
+    hop.addon.responseheaders(f)
+    assert hop.records()[0]["sent"][0]["scheme"] is None
+    assert "ghp_" not in hop.log.read_text()
+
+
+def test_block_replaces_a_body_even_when_streamed(hop):
+    f = redirect(f"https://aws:{ENCODED}@blocked.example/s/")
+    f.response.stream = True  # as stream_large_bodies would
+    hop.addon.responseheaders(f)
+    chunks = [c for data in (b"<a href='https://aws:", ENCODED.encode(), b"@blocked'>", b"") for c in f.response.stream(data)]
+    assert f.response.status_code == 403 and b"".join(chunks).startswith(b"credhop: rule 'blocker' blocked")
+    assert f.response.headers["content-length"] == str(len(b"".join(chunks)))
+
+
+def test_streamed_redirect_body_is_scrubbed_across_chunk_boundaries(hop):
+    f = redirect(f"https://aws:{ENCODED}@registry.example/s/")
+    hop.addon.responseheaders(f)
+    body = f"see https://aws:{ENCODED}@registry.example/s/ or \\\\aws:{ENCODED}@registry.example/ (time@work)".encode()
+    out = b"".join(c for i in range(0, len(body), 7) for c in f.response.stream(body[i:i + 7]))
+    out += b"".join(f.response.stream(b""))
+    assert out == b"see https://registry.example/s/ or \\\\registry.example/ (time@work)"
+    assert f.response.headers["transfer-encoding"] == "chunked" and "content-length" not in f.response.headers
+
+
+def test_scrub_masks_header_values_in_foreign_log_lines():
+    from credhop.hoplog import scrub
+
+    for line in ["Authorization: Bearer t:k@/%n-SECRET", "headers=[(b'authorization', b'ghp_MyToken12345')]",
+                 "PRIVATE-TOKEN: glpat-abcdefghijkl", "Proxy-Authorization: Negotiate YIIabcdefgh=="]:
+        cleaned = scrub(line)
+        assert not any(s in cleaned for s in ("SECRET", "ghp_", "glpat", "YIIabc")), cleaned

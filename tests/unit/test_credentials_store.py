@@ -56,7 +56,8 @@ def test_repr_and_fingerprint_hold_no_secret():
 
 
 def grant(client="10.0.0.1", origin=Origin("https", "a.example", 443), expires=100.0) -> Grant:
-    return Grant(client, origin, "Authorization", "Basic xyz", "r", "u", "hm:1", expires, False, "c", 1)
+    return Grant(client, origin, Origin("https", "redirector.example", 443), "Authorization", "Basic xyz", "r", "u",
+                 "hm:1", expires, False, "c", 1)
 
 
 def test_grant_repr_hides_the_value():

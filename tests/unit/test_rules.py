@@ -94,7 +94,13 @@ def test_no_rule_matches_returns_none():
         ("rules:\n  - name: a\n    action: inject\n    match: {port: yes}\n", 4, 19, "rules[0].match.port", "must be a whole number, not True"),
         ("rules:\n  - name: a\n    action: inject\n    match: {path_prefix: api}\n", 4, 26, "rules[0].match.path_prefix", "must start"),
         ("rules:\n  - name: a\n    action: strip\n    ttl: 5\n", 4, 5, "rules[0].ttl", "only applies to action inject"),
-        ("rules:\n  - name: a\n    action: inject\n    ttl: -5\n", 4, 10, "rules[0].ttl", "positive"),
+        ("rules:\n  - name: a\n    action: inject\n    ttl: -5\n", 4, 10, "rules[0].ttl", "must be 1..604800"),
+        ("rules:\n  - name: a\n    action: inject\n    ttl: 1" + "0" * 400 + "\n", 4, 10, "rules[0].ttl", "a week at most"),
+        ("rules:\n  - name: a\n    action: !!python/name:os.system inject\n", 3, 13, "rules[0].action", "tag"),
+        ("rules:\n  - name: !foo a\n    action: inject\n", 2, 11, "rules[0].name", "tag"),
+        ("rules:\n  - name: a\n    action: inject\n    ttl: !!int abc\n", 4, 10, "rules[0].ttl", "not a valid int"),
+        ("rules:\n  - name: a\n    action: inject\n    allow_plaintext: !!bool maybe\n", 4, 22, "rules[0].allow_plaintext", "not a valid bool"),
+        ("rules:\n  - name: a\n    action: inject\n    on_leak: shout\n", 4, 14, "rules[0].on_leak", "not one of"),
         ("rules:\n  - name: a\n    action: inject\n    header: {value: '{pasword}'}\n", 4, 13, "rules[0].header", "unknown placeholder"),
         ("rules:\n  - name: a\n    action: inject\n    header: {name: 'Bad Name', value: '{token}'}\n", 4, 13, "rules[0].header", "invalid header name"),
         ("rules:\n  - name: a\n    action: inject\n    header: {value: 'static'}\n", 4, 13, "rules[0].header", "no credential placeholder"),
@@ -125,3 +131,10 @@ def test_broad_plaintext_inject_is_warned_about():
     assert len(rules.warnings) == 1 and "plaintext" in rules.warnings[0]
     narrow = parse_rules("rules:\n  - name: n\n    match: {host: a.example}\n    action: inject\n    allow_plaintext: true\n")
     assert narrow.warnings == ()
+
+
+def test_trailing_dot_hosts_match_like_their_dotless_form():
+    rules = parse_rules("rules:\n  - name: block\n    match: {host: cdn.partner.example}\n    action: block\n"
+                        "  - name: rest\n    action: inject\n")
+    assert rules.first_match(hop("https://u:p@cdn.partner.example./x")).name == "block"
+    assert rules.first_match(hop("https://u:p@cdn.partner.example/x", from_host="r.example.")).name == "block"
