@@ -20,12 +20,13 @@ HOPLOG ?= credhop-hops.jsonl
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither" || true
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture demo clean
+.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps clean
 
 help:
 	@echo "make run    start mitmdump with credhop and $(RULES) on $(LISTEN_HOST):$(LISTEN_PORT)"
 	@echo "make test   install what the tests need and run the whole suite"
 	@echo "make fixture  start the test redirector + auth-only index (for trying credhop by hand)"
+	@echo "make clients  run the client matrix and write docs/clients.md"
 
 $(VENV)/.installed: pyproject.toml
 	@echo "credhop: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
@@ -80,19 +81,25 @@ export CREDHOP_MITMDUMP = $(abspath $(VENV)/bin/mitmdump)
 # a missing tool fails the run instead of skipping tests
 export CREDHOP_STRICT ?= 1
 
-test: tools $(VENVS)/mitmproxy-11.0.2/.installed $(VENVS)/mitmproxy-10.4.2/.installed
+test: tools clients-deps $(VENVS)/mitmproxy-11.0.2/.installed $(VENVS)/mitmproxy-10.4.2/.installed
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-compat
 
 test-unit: deps
 	$(VENV)/bin/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
 
-test-e2e: tools
+test-e2e: tools clients-deps
 	$(VENV)/bin/python -m pytest -q -m e2e $(PYTEST_ARGS)
 
 test-compat: $(VENVS)/mitmproxy-11.0.2/.installed $(VENVS)/mitmproxy-10.4.2/.installed
 	for v in 11.0.2 10.4.2; do echo "credhop: unit tests on mitmproxy $$v"; \
 		$(VENVS)/mitmproxy-$$v/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider $(PYTEST_ARGS); done
+
+clients-deps: deps
+	scripts/clients/install.sh
+
+clients: deps clients-deps
+	$(VENV)/bin/python scripts/matrix.py $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 clean:
 	rm -rf $(VENV) $(VENVS) .tools .pytest_cache .hypothesis

@@ -170,8 +170,17 @@ class CredHop:
             self._place(flow, position)
             self._check_leaks(flow, position, origin)
         grant = self.store.get(client, origin, now) if len(self.store) else None
-        if grant:
-            self._inject(flow, grant, position or ChainPosition(grant.chain, grant.hop))
+        if grant is None:
+            return
+        if position and position.location_fp not in (None, grant.fingerprint):
+            # the client follows a Location that carried another credential (one credhop refused
+            # to adopt): the one held for this origin would be the wrong one
+            self.stats["inject_skipped_other_credential"] += 1
+            self._emit(self._record("inject", flow, position, rule=grant.rule, header=grant.header,
+                                    user=grant.user, fingerprint=grant.fingerprint, action="skip",
+                                    reason="the Location this request follows carried another credential"))
+            return
+        self._inject(flow, grant, position or ChainPosition(grant.chain, grant.hop))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response

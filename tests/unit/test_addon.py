@@ -463,6 +463,10 @@ def test_another_site_cannot_swap_the_credential_an_origin_holds(hop):
     hostile = run_redirect(hop, "https://attacker:ATTACKER-TOKEN@registry.example/x", url="https://any-site.example/")
     assert "ATTACKER" in hostile.response.headers["location"]  # left alone, not adopted
     assert "already holds a live credential handed out by https://redirector.example" in hop.records()[-1]["reason"]
+    # the hostile chain's follow-up gets neither credential from credhop...
+    assert "authorization" not in send(hop, "https://registry.example/x").request.headers
+    assert hop.records()[-1]["reason"] == "the Location this request follows carried another credential"
+    # ...while the client's other requests to the registry keep the one the redirector gave
     assert send(hop, "https://registry.example/x").request.headers["authorization"] == basic("aws", TOKEN)
     # the same redirector may hand out a fresh token
     run_redirect(hop, "https://aws:NEW-TOKEN@registry.example/s/", url="https://redirector.example/simple/")
