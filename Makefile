@@ -27,6 +27,7 @@ help:
 	@echo "make test   install what the tests need and run the whole suite"
 	@echo "make fixture  start the test redirector + auth-only index (for trying credhop by hand)"
 	@echo "make clients  run the client matrix and write docs/clients.md"
+	@echo "make demo     uv 0.5.25 through credhop, observe-only (fails) and inject (works), with both reports"
 
 $(VENV)/.installed: pyproject.toml
 	@echo "credhop: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
@@ -94,6 +95,9 @@ test-e2e: tools clients-deps
 test-compat: $(VENVS)/mitmproxy-11.0.2/.installed $(VENVS)/mitmproxy-10.4.2/.installed
 	for v in 11.0.2 10.4.2; do echo "credhop: unit tests on mitmproxy $$v"; \
 		$(VENVS)/mitmproxy-$$v/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider $(PYTEST_ARGS); done
+
+demo: tools
+	$(VENV)/bin/python scripts/demo.py
 
 clients-deps: deps
 	scripts/clients/install.sh

@@ -16,7 +16,7 @@ import os
 import secrets
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from mitmproxy import command, ctx, exceptions, http
 from .bodies import Replacer, Scrubber, userinfo_replacements
 from .chains import ChainPosition, ChainTracker
 from .credentials import Credential, CredentialError, Fingerprinter, credential_from_header
+from .diagnosis import diagnose
+from .report import render_text, summary_line
 from .hoplog import HopLog, SecretFilter, event_line
 from .leaks import ALWAYS_SECRET, SentSecret, find_leaks, secrets_sent
 from .rules import MAX_TTL, Hop, Rule, RuleSet, RulesError, load_rules
@@ -39,6 +41,8 @@ META = "credhop"  # flow.metadata key: {"chain", "hop"}, plain values so saved f
 MARKER = ":key:"
 RELOAD_INTERVAL = 1.0
 MAX_LIVE_FLOWS = 10_000
+MAX_RECENT_CHAINS = 1_000  # kept in memory for credhop.report and the chain-end warning
+MAX_RECORDS_PER_CHAIN = 200
 DEFAULT_SECRET_HEADERS = "X-API-Key,PRIVATE-TOKEN,X-Auth-Token"
 
 
@@ -47,6 +51,7 @@ class FlowState:
     """What credhop knows about one live flow; dropped when the flow ends."""
 
     position: ChainPosition | None = None
+    reuse: bool = False  # not a follow-up: a later request that got a held credential (a download)
     sent: list[SentSecret] | None = None  # secrets the request carries
     injected: tuple[str, str] | None = None  # (header, fingerprint of its value) credhop added
     body: Scrubber | Replacer | None = None  # rewrites the 3xx body (see bodies.py)
@@ -64,6 +69,8 @@ class CredHop:
         self.ttl = 600
         self.secret_headers = _secret_headers(DEFAULT_SECRET_HEADERS)
         self._flows: OrderedDict[str, FlowState] = OrderedDict()
+        self._recent: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()  # chain -> its records
+        self._warned: set[str] = set()  # chains whose bad end was already reported
         self._rules_stamp: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._filter = SecretFilter()
@@ -180,7 +187,10 @@ class CredHop:
                                     user=grant.user, fingerprint=grant.fingerprint, action="skip",
                                     reason="the Location this request follows carried another credential"))
             return
-        self._inject(flow, grant, position or ChainPosition(grant.chain, grant.hop))
+        if position is None:
+            position = self._place(flow, ChainPosition(grant.chain, grant.hop))
+            self._state(flow).reuse = True
+        self._inject(flow, grant, position)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
@@ -235,14 +245,21 @@ class CredHop:
             self.stats["body_scrubbed"] += 1
         # close the hop of a follow-up, so a report can tell what the client got
         position = state.position
-        if position and position.hop > 0 and flow.response.status_code not in REDIRECTS:
-            self._emit(self._record("response", flow, position, status=flow.response.status_code,
+        status = flow.response.status_code
+        if position and position.hop > 0 and status not in REDIRECTS:
+            extra = {"reuse": True} if state.reuse else {}
+            self._emit(self._record("response", flow, position, status=status, **extra,
                                     sent=[s.as_record() for s in self._sent(flow, state)] or None), logging.DEBUG)
+            if status == 401 and not state.reuse:  # clients such as pip ask again, with credentials
+                self.chains.expect(_client(flow), normalize_url(flow.request.url), replace(position, retry=True),
+                                   time.time())
+            self._warn_if_failed(position.chain)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow.id, None)
         if state and state.position and flow.error:
             self._emit(self._record("error", flow, state.position, reason=flow.error.msg), logging.WARNING)
+            self._warn_if_failed(state.position.chain)
 
     # -- decisions -------------------------------------------------------------------
 
@@ -390,6 +407,11 @@ class CredHop:
             self.stats["rules_reload_failed"] += 1
             log.error("credhop: rules not reloaded, keeping the previous %d rule(s): %s", len(self.rules.rules), e)
 
+    @command.command("credhop.report")
+    def report(self) -> str:
+        """Why recent redirect chains failed: each chain as a tree with its findings."""
+        return render_text(diagnose(r for records in self._recent.values() for r in records))
+
     @command.command("credhop.stats")
     def stats_line(self) -> str:
         """Counters of every decision credhop made since start."""
@@ -452,12 +474,34 @@ class CredHop:
         return {
             "ts": round(time.time(), 6), "event": event, "client": _client(flow),
             "chain": position.chain, "hop": position.hop, "flow": flow.id,
-            "method": flow.request.method, "url": redact_url(flow.request.url), **fields,
+            "method": flow.request.method, "url": redact_url(flow.request.url),
+            **({"retry": True} if position.retry else {}), **fields,
         }
+
+    def _remember(self, record: dict[str, Any]) -> None:
+        records = self._recent.get(record["chain"])
+        if records is None:
+            records = self._recent[record["chain"]] = []
+            while len(self._recent) > MAX_RECENT_CHAINS:
+                chain, _ = self._recent.popitem(last=False)
+                self._warned.discard(chain)
+        if len(records) < MAX_RECORDS_PER_CHAIN:
+            records.append(record)
+
+    def _warn_if_failed(self, chain_id: str) -> None:
+        """One warning line when a chain ends badly: the user's first question answered in the event log."""
+        if chain_id in self._warned or chain_id not in self._recent:
+            return
+        chains = diagnose(self._recent[chain_id])
+        if chains and chains[0].verdict == "failed":
+            self._warned.add(chain_id)
+            self.stats["chains_failed"] += 1
+            log.warning("credhop: %s", summary_line(chains[0]))
 
     def _emit(self, record: dict[str, Any], level: int = logging.INFO) -> None:
         if self.hoplog:
             self.hoplog.write(record)
+        self._remember(record)
         if log.isEnabledFor(level):
             log.log(level, event_line(record))
 

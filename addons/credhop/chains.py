@@ -22,6 +22,7 @@ class ChainPosition:
     sent: frozenset[str] = frozenset()  # fingerprints of secrets the previous request carried
     location_fp: str | None = None  # fingerprint of the credential the Location handed out
     on_leak: str = "log"
+    retry: bool = False  # the same request again, after a 401 (pip retries with credentials)
 
 
 class ChainTracker:

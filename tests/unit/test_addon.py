@@ -507,3 +507,39 @@ def test_scrub_masks_header_values_in_foreign_log_lines():
                  "PRIVATE-TOKEN: glpat-abcdefghijkl", "Proxy-Authorization: Negotiate YIIabcdefgh=="]:
         cleaned = scrub(line)
         assert not any(s in cleaned for s in ("SECRET", "ghp_", "glpat", "YIIabc")), cleaned
+
+
+def test_a_retry_after_401_continues_the_hop(hop):
+    run_redirect(hop, "https://pip-like.example/simple/", url="https://origin.example/simple/")
+    first = send(hop, "https://pip-like.example/simple/")
+    first.response = tflow.tresp(status_code=401)
+    hop.addon.response(first)
+    retry = send(hop, "https://pip-like.example/simple/", headers=[("Authorization", basic("aws", TOKEN))])
+    retry.response = tflow.tresp(status_code=200)
+    hop.addon.response(retry)
+    responses = [r for r in hop.records() if r["event"] == "response"]
+    assert [(r["hop"], r["status"], r.get("retry")) for r in responses] == [(1, 401, None), (1, 200, True)]
+
+
+def test_downloads_that_reuse_a_credential_are_logged_as_such(hop):
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/simple/pkg/")
+    wheel = send(hop, "https://registry.example/files/pkg.whl")
+    wheel.response = tflow.tresp(status_code=403)
+    hop.addon.response(wheel)
+    last = hop.records()[-1]
+    assert (last["event"], last["status"], last["reuse"], last["hop"]) == ("response", 403, True, 1)
+
+
+def test_report_command_and_one_warning_when_a_chain_ends_badly(hop, caplog):
+    hop.tctx.configure(hop.addon, credhop_observe=True)
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/simple/pkg/")
+    lost = send(hop, "https://registry.example/simple/pkg/")
+    lost.response = tflow.tresp(status_code=404)
+    with caplog.at_level(logging.WARNING, logger="credhop"):
+        hop.addon.response(lost)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "CH101" in warnings[0]
+    report = hop.addon.report()
+    assert report.splitlines()[0].startswith("✗ FAILED chain") and "credential-lost-on-redirect" in report.splitlines()[0]
+    assert_no_leak(report + "".join(warnings), FORMS, "credhop.report and the warning")
+    assert hop.addon.stats["chains_failed"] == 1
