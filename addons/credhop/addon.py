@@ -496,7 +496,7 @@ class CredHop:
         if chains and chains[0].verdict == "failed":
             self._warned.add(chain_id)
             self.stats["chains_failed"] += 1
-            log.warning("credhop: %s", summary_line(chains[0]))
+            log.warning("%s", summary_line(chains[0]))
 
     def _emit(self, record: dict[str, Any], level: int = logging.INFO) -> None:
         if self.hoplog:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ada_url
 
@@ -18,15 +18,25 @@ from .credentials import Credential
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-# scheme://userinfo@ or //userinfo@ ; greedy up to the last "@" of the authority,
-# as WHATWG parsers do. Backslash ends the authority for http(s) (WHATWG).
+# WHATWG preprocessing: leading and trailing C0 controls or spaces go, ASCII tab and newline go
+# from anywhere (so "ht\ttp://" is "http://").
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_TAB_OR_NEWLINE = re.compile(r"[\t\n\r]")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+# The text before the host: optional scheme, then any run of "/" and "\" (WHATWG takes none, one
+# or several for http(s)), tabs anywhere; the authority runs to / \ ? or #, its userinfo to the
+# last "@". A cut made with this is only used when ada reads the result as the same URL.
 _AUTHORITY = re.compile(
-    r"^(?P<head>[\x00-\x20]*(?:[A-Za-z][A-Za-z0-9+.\-]*:)?[\\/]{2})"
+    r"^(?P<head>[\x00-\x20]*(?:[A-Za-z][A-Za-z0-9+.\-\t\n\r]*:)?[\\/\t\n\r]*)"
     r"(?P<authority>[^/\\?#]*)"
 )
-_USERINFO_IN_TEXT = re.compile(
-    r"(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)(?P<userinfo>[^/\\?#\s\"'<>]*)@"
-)
+# Where userinfo may start in free text: after "//" (any two of / and \\, any scheme before them), or
+# after a special scheme's ":" (WHATWG reads "https:user:pw@host/" as an authority). It runs to the
+# last "@" before / ? # or a line end: spaces, quotes and tabs do not end it, as WHATWG
+# percent-encodes them inside userinfo. Over-redacting free text beats leaving a password behind.
+_USERINFO_HEAD = re.compile(r"[\\/]{2}|(?i:\b(?:https?|wss?|ftp)):[\\/\t]*")
+_USERINFO_END = re.compile(r"[/?#\r\n]")
+MAX_SHOWN = 300  # characters of a (redacted) Location quoted in an error message
 
 
 class LocationError(ValueError):
@@ -70,13 +80,25 @@ class Location:
     url: str  # absolute, without userinfo or fragment: what the client will request
     origin: Origin
     path: str  # pathname + search
-    relative: bool  # the header had no scheme (path-, query- or scheme-relative)
+    relative: bool  # the header had no scheme (path-, query-, scheme- or backslash-relative)
     credential: Credential | None
     stripped: str  # raw with only the userinfo removed
+    base: str = ""  # the request URL the Location was resolved against
 
     @property
     def redacted(self) -> str:
-        return redact_url(self.raw)
+        """The Location for logs: the userinfo a WHATWG parser reads is masked, however it is spelled."""
+        if self.credential is None:
+            return redact_url(self.raw)
+        cut = _userinfo_cut(self.raw, self.base)
+        if cut:
+            start, end = cut
+            return redact_url(self.raw[:start]) + _mask(self.raw[start:end]) + "@" + redact_url(self.raw[end + 1 :])
+        # no clean textual cut: the parser's own serialization, secret part replaced
+        url = ada_url.URL(self.raw, self.base)
+        url.username = url.username if self.credential.password else "***"
+        url.password = "***" if self.credential.password else ""
+        return url.href
 
 
 def _origin(url: ada_url.URL) -> Origin:
@@ -97,11 +119,11 @@ def parse_location(raw: str, base: str) -> Location:
     """Resolve `raw` (a Location header value) against `base` (the request URL)."""
     try:
         url = ada_url.URL(raw, base)
-    except ValueError:
-        raise LocationError(f"unparseable Location {redact_url(raw)!r}") from None
+    except ValueError:  # UnicodeEncodeError (lone surrogates: invalid UTF-8 on the wire) is one
+        raise LocationError(f"unparseable Location {_shown(raw)!r}") from None
     scheme = url.protocol.rstrip(":")
     if scheme not in DEFAULT_PORTS:
-        raise LocationError(f"Location scheme {scheme!r} is not http or https")
+        raise LocationError(f"Location scheme {_shown(scheme)!r} is not http or https")
     credential = None
     if url.username or url.password:
         credential = Credential(_decode(url.username), _decode(url.password))
@@ -113,9 +135,10 @@ def parse_location(raw: str, base: str) -> Location:
         url=url.href,
         origin=_origin(url),
         path=url.pathname + url.search,
-        relative=not re.match(r"^[\x00-\x20]*[A-Za-z][A-Za-z0-9+.\-]*:", raw),
+        relative=not _SCHEME.match(_whatwg_input(raw)),
         credential=credential,
         stripped=strip_userinfo(raw, base) if credential else raw,
+        base=base,
     )
 
 
@@ -126,19 +149,52 @@ def strip_userinfo(raw: str, base: str) -> str:
     a WHATWG parser would read the cut text as a different URL, fall back to the
     parser's own serialization without credentials.
     """
-    expected = ada_url.URL(raw, base)
-    expected.username = ""
-    expected.password = ""
+    cut = _userinfo_cut(raw, base)
+    if cut:
+        return raw[: cut[0]] + raw[cut[1] + 1 :]
+    return _without_credentials(raw, base)
+
+
+def _without_credentials(raw: str, base: str) -> str:
+    url = ada_url.URL(raw, base)
+    url.username = ""
+    url.password = ""
+    return url.href
+
+
+def _userinfo_cut(raw: str, base: str) -> tuple[int, int] | None:
+    """(start, end) of the userinfo text in `raw`, its "@" at `end`, if cutting `raw[start:end + 1]`
+    leaves exactly the URL a WHATWG parser reads from `raw`, minus the credentials."""
     m = _AUTHORITY.match(raw)
-    if m and "@" in m["authority"]:
-        cut = m["authority"].rindex("@") + 1
-        candidate = raw[: m.end("head")] + m["authority"][cut:] + raw[m.end("authority") :]
-        try:
-            if ada_url.URL(candidate, base).href == expected.href:
-                return candidate
-        except ValueError:
-            pass
-    return expected.href
+    if not m or "@" not in m["authority"]:
+        return None
+    start = m.start("authority")
+    end = start + m["authority"].rindex("@")
+    try:
+        if ada_url.URL(raw[:start] + raw[end + 1 :], base).href == _without_credentials(raw, base):
+            return start, end
+    except ValueError:
+        pass
+    return None
+
+
+def _whatwg_input(raw: str) -> str:
+    """`raw` as a WHATWG parser starts reading it."""
+    return _TAB_OR_NEWLINE.sub("", raw.strip(_C0_OR_SPACE))
+
+
+def _mask(userinfo: str) -> str:
+    """`user:***`, or `***` when there is no password (the user is the token). Also `***` when the
+    text holds a "\\": WHATWG ends an http(s) userinfo before it, so what looks like the user name
+    here may be a token-only userinfo plus host (`TOKEN@host:8080\\@evil`)."""
+    user, sep, password = userinfo.partition(":")
+    return f"{user}:***" if sep and password and "\\" not in userinfo else "***"
+
+
+def _shown(text: str) -> str:
+    """Redacted, then cut short (error messages end up in the hop log)."""
+    text = redact_url(text)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 
 def normalize_url(url: str) -> str:
@@ -153,16 +209,60 @@ def normalize_url(url: str) -> str:
     return parsed.href
 
 
+def request_url(scheme: str, host: str, port: int, path: str) -> str:
+    """A request's URL from its parts, IPv6 hosts in brackets.
+
+    mitmproxy's `Request.url` leaves them bare (`http://::1:8080/x`), which no URL parser reads back.
+    """
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    authority = host if DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
+    return f"{scheme}://{authority}{path}"
+
+
 def redact_url(text: str) -> str:
-    """Replace every userinfo in `text` by `user:***` or `***` (user-only is usually the token)."""
+    """Replace every userinfo in `text` by `user:***` or `***` (user-only is usually the token).
 
-    def _mask(m: re.Match[str]) -> str:
-        user, sep, _password = m["userinfo"].partition(":")
-        if sep and _password:
-            return f"{m['head']}{user}:***@"
-        return f"{m['head']}***@"
+    A linear scan (a regex with an optional scheme prefix backtracks quadratically over long runs
+    of letters, and this runs on every log line): a head whose stretch up to the next / ? # or line
+    end holds no "@" rules out every later head in that stretch as well.
+    """
+    out: list[str] = []
+    done = 0  # text[:done] is in `out`
+    stretch_end = -1  # end of the last stretch searched for "@"
+    for head in _USERINFO_HEAD.finditer(text):
+        start = head.end()
+        if start < done or start < stretch_end:
+            continue  # inside what was redacted, or in a stretch already searched
+        end_match = _USERINFO_END.search(text, start)
+        stretch_end = end_match.start() if end_match else len(text)
+        at = text.rfind("@", start, stretch_end)
+        if at < 0:
+            continue
+        out += [text[done:start], _mask(text[start:at]), "@"]
+        done = at + 1
+    out.append(text[done:])
+    return "".join(out)
 
-    return _USERINFO_IN_TEXT.sub(_mask, text)
+
+@dataclass(frozen=True, slots=True)
+class _UrllibReading:
+    scheme: str
+    host: str
+    port: int
+    user: str | None = field(repr=False)
+    password: str | None = field(repr=False)
+
+
+def _urllib_reading(url: str) -> _UrllibReading | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    return _UrllibReading(scheme, (parts.hostname or "").lower(), port or DEFAULT_PORTS.get(scheme, 0),
+                          parts.username, parts.password)
 
 
 def urllib_view(absolute: str) -> tuple[str, str, int, bool] | None:
@@ -171,31 +271,53 @@ def urllib_view(absolute: str) -> tuple[str, str, int, bool] | None:
     Used to refuse injection when two mainstream parsers disagree on where a
     credential would go.
     """
-    try:
-        parts = urllib.parse.urlsplit(absolute)
-        port = parts.port
-    except ValueError:
+    reading = _urllib_reading(absolute)
+    if reading is None:
         return None
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    return scheme, host, port or DEFAULT_PORTS.get(scheme, 0), "@" in parts.netloc
+    return reading.scheme, reading.host, reading.port, reading.user is not None
 
 
 def parsers_disagree(raw: str, location: Location) -> bool:
-    """True when urllib would send this Location somewhere else than a WHATWG client."""
+    """True when urllib reads this Location differently from a WHATWG client: another scheme,
+    host or port, or other credentials.
+
+    A relative Location is resolved against the request URL the way urllib-based clients do
+    (`urljoin`): there `\\\\user:pw@host/` is a path, for WHATWG an authority.
+    """
     if location.relative:
-        return False  # urllib cannot resolve these the same way; ada's answer stands
-    view = urllib_view(raw.strip("\x00\x20"))
-    if view is None:
+        if not location.base:
+            return False  # nothing to resolve against; ada's answer stands
+        try:
+            raw = urllib.parse.urljoin(location.base, raw)
+        except ValueError:
+            return True
+    theirs = _urllib_reading(raw)
+    if theirs is None:
         return True
-    scheme, host, port, _ = view
-    theirs = Origin(scheme, host.strip("[]"), port)
     ours = location.origin
-    if theirs.scheme != ours.scheme or theirs.port != ours.port:
+    if theirs.scheme != ours.scheme or theirs.port != ours.port or not _same_host(theirs.host, ours.host):
         return True
-    # ada returns IDNA/ASCII hosts; compare in that form
-    try:
-        theirs_host = ada_url.idna_to_ascii(theirs.host).decode("ascii") if theirs.host else ""
+    credential = location.credential
+    ours_credential = (credential.user, credential.password) if credential else ("", "")
+    return (_unquote(theirs.user), _unquote(theirs.password)) != ours_credential
+
+
+def _same_host(theirs: str, ours: str) -> bool:
+    theirs = theirs.strip("[]")
+    if not theirs:
+        return False
+    try:  # IP literals: the same address however spelled ([::ffff:127.0.0.1] is [::ffff:7f00:1])
+        return ipaddress.ip_address(theirs) == ipaddress.ip_address(ours)
+    except ValueError:
+        pass
+    try:  # ada returns IDNA/ASCII hosts; compare in that form
+        ascii_host = ada_url.idna_to_ascii(theirs)
     except (ValueError, UnicodeError):
-        return True
-    return theirs_host.rstrip(".") != ours.host.rstrip(".") or theirs_host == ""
+        return False
+    if isinstance(ascii_host, bytes):
+        ascii_host = ascii_host.decode("ascii", "replace")
+    return bool(ascii_host) and ascii_host.rstrip(".") == ours.rstrip(".")
+
+
+def _unquote(part: str | None) -> str:
+    return urllib.parse.unquote(part) if part else ""
