@@ -31,7 +31,16 @@ from .hoplog import HopLog, SecretFilter, event_line
 from .leaks import ALWAYS_SECRET, SentSecret, find_leaks, secrets_sent
 from .rules import MAX_TTL, Hop, Rule, RuleSet, RulesError, load_rules
 from .store import CredentialStore, Grant, MemoryStore
-from .urls import Location, LocationError, Origin, normalize_url, parse_location, parsers_disagree, redact_url
+from .urls import (
+    Location,
+    LocationError,
+    Origin,
+    normalize_url,
+    parse_location,
+    parsers_disagree,
+    redact_url,
+    request_url,
+)
 
 log = logging.getLogger("credhop")
 
@@ -172,7 +181,7 @@ class CredHop:
         client = _client(flow)
         request = flow.request
         origin = _origin(request)
-        position = self.chains.follow(client, normalize_url(request.url), now) if self.chains else None
+        position = self.chains.follow(client, normalize_url(_url(request)), now) if self.chains else None
         if position:
             self._place(flow, position)
             self._check_leaks(flow, position, origin)
@@ -211,7 +220,7 @@ class CredHop:
             self._emit({**record, "action": "none", "reason": reason}, logging.WARNING)
             return
         try:
-            location = parse_location(values[0], flow.request.url)
+            location = parse_location(values[0], _url(flow.request))
         except LocationError as e:
             self.stats["location_unparseable"] += 1
             self._emit({**record, "location": redact_url(values[0]), "action": "none", "reason": str(e)},
@@ -251,7 +260,7 @@ class CredHop:
             self._emit(self._record("response", flow, position, status=status, **extra,
                                     sent=[s.as_record() for s in self._sent(flow, state)] or None), logging.DEBUG)
             if status == 401 and not state.reuse:  # clients such as pip ask again, with credentials
-                self.chains.expect(_client(flow), normalize_url(flow.request.url), replace(position, retry=True),
+                self.chains.expect(_client(flow), normalize_url(_url(flow.request)), replace(position, retry=True),
                                    time.time())
             self._warn_if_failed(position.chain)
 
@@ -270,7 +279,7 @@ class CredHop:
             self.stats["leak_detected"] += 1
             action = "log" if self.observe else position.on_leak
             if action == "strip":
-                del flow.request.headers[leak.header]
+                flow.request.headers.pop(leak.header, None)  # a repeated header goes at the first
                 self.stats["leak_stripped"] += 1
             self._emit(self._record("leak", flow, position, header=leak.header, fingerprint=leak.fingerprint,
                                     kind=leak.kind, came_from=str(position.came_from), target=str(origin),
@@ -340,7 +349,7 @@ class CredHop:
             assert rule is not None
             message = (
                 f"credhop: rule {rule.name!r} blocked a {response.status_code} redirect from "
-                f"{redact_url(flow.request.url)} to {location.redacted} "
+                f"{redact_url(_url(flow.request))} to {location.redacted} "
                 f"(credential user={credential.display_user or '(token)'} {fingerprint}).\n"
             ).encode()
             response.status_code, response.reason = 403, "Forbidden"
@@ -474,7 +483,7 @@ class CredHop:
         return {
             "ts": round(time.time(), 6), "event": event, "client": _client(flow),
             "chain": position.chain, "hop": position.hop, "flow": flow.id,
-            "method": flow.request.method, "url": redact_url(flow.request.url),
+            "method": flow.request.method, "url": redact_url(_url(flow.request)),
             **({"retry": True} if position.retry else {}), **fields,
         }
 
@@ -514,6 +523,11 @@ class CredHop:
 def _origin(request: http.Request) -> Origin:
     """Where mitmproxy really sends the request: never the Host header."""
     return Origin(request.scheme, request.host.lower(), request.port)
+
+
+def _url(request: http.Request) -> str:
+    """The request's URL as URL parsers read it (mitmproxy's `Request.url` leaves IPv6 hosts bare)."""
+    return request_url(request.scheme, request.host, request.port, request.path)
 
 
 def _rewrite_body(flow: http.HTTPFlow, rewriter: Scrubber) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 # since a bare token in Authorization would otherwise be logged as its "scheme".
 AUTH_SCHEMES = {s.lower(): s for s in ("Basic", "Bearer", "Digest", "Negotiate", "NTLM", "Token",
                                        "AWS4-HMAC-SHA256", "Hawk", "Mutual", "SCRAM-SHA-256", "HOBA")}
+# Servers cap request headers at 8-16 KiB; a larger credential is an attack or a mistake.
+MAX_CREDENTIAL = 4096
 # After percent-decoding, these would let a credential forge header lines.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLACEHOLDERS = {
@@ -49,6 +51,8 @@ class Credential:
         """Why this credential cannot be injected, or None."""
         if not self.user and not self.password:
             return "empty userinfo"
+        if len(self.user) + len(self.password) > MAX_CREDENTIAL:
+            return f"userinfo longer than {MAX_CREDENTIAL} characters"
         if _CONTROL.search(self.user) or _CONTROL.search(self.password):
             return "control character in decoded userinfo"
         return None
@@ -68,8 +72,10 @@ class Fingerprinter:
         self._key = key
 
     def __call__(self, credential: Credential) -> str:
+        # surrogateescape: mitmproxy hands non-UTF-8 header bytes over as lone surrogates
         digest = hmac.new(
-            self._key, f"{credential.user}\0{credential.password}".encode(), hashlib.sha256
+            self._key, f"{credential.user}\0{credential.password}".encode("utf-8", "surrogateescape"),
+            hashlib.sha256,
         )
         return "hm:" + digest.hexdigest()[:16]
 
