@@ -94,7 +94,7 @@ test-e2e: tools clients-deps
 
 test-compat: $(VENVS)/mitmproxy-11.0.2/.installed $(VENVS)/mitmproxy-10.4.2/.installed
 	for v in 11.0.2 10.4.2; do echo "credhop: unit tests on mitmproxy $$v"; \
-		$(VENVS)/mitmproxy-$$v/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider $(PYTEST_ARGS); done
+		CREDHOP_FUZZ_SECONDS=3 $(VENVS)/mitmproxy-$$v/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider $(PYTEST_ARGS); done
 
 demo: tools
 	$(VENV)/bin/python scripts/demo.py

@@ -145,6 +145,8 @@ class _Parser:
             raise RulesError(self.source, line, column, "yaml", str(e.problem)) from None
         except yaml.YAMLError as e:
             raise self.fail(None, "yaml", str(e)) from None
+        except RecursionError:  # PyYAML's parser recurses once per nesting level
+            raise self.fail(None, "yaml", "nested too deeply") from None
         if root is None:
             raise self.fail(None, "rules", "the file is empty; it needs a 'rules:' list")
         top = self.mapping(root, "(top level)", TOP_KEYS)

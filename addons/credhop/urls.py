@@ -93,7 +93,8 @@ class Location:
         cut = _userinfo_cut(self.raw, self.base)
         if cut:
             start, end = cut
-            return redact_url(self.raw[:start]) + _mask(self.raw[start:end]) + "@" + redact_url(self.raw[end + 1 :])
+            before, userinfo, after = self.raw[:start], self.raw[start:end], self.raw[end + 1 :]
+            return f"{redact_url(before)}{_mask(userinfo)}@{redact_url(after)}"
         # no clean textual cut: the parser's own serialization, secret part replaced
         url = ada_url.URL(self.raw, self.base)
         url.username = url.username if self.credential.password else "***"
@@ -311,11 +312,10 @@ def _same_host(theirs: str, ours: str) -> bool:
     except ValueError:
         pass
     try:  # ada returns IDNA/ASCII hosts; compare in that form
-        ascii_host = ada_url.idna_to_ascii(theirs)
+        converted: str | bytes = ada_url.idna_to_ascii(theirs)
     except (ValueError, UnicodeError):
         return False
-    if isinstance(ascii_host, bytes):
-        ascii_host = ascii_host.decode("ascii", "replace")
+    ascii_host = converted.decode("ascii", "replace") if isinstance(converted, bytes) else converted
     return bool(ascii_host) and ascii_host.rstrip(".") == ours.rstrip(".")
 
 
