@@ -194,6 +194,7 @@ class CredHop:
             self.stats["inject_skipped_other_credential"] += 1
             self._emit(self._record("inject", flow, position, rule=grant.rule, header=grant.header,
                                     user=grant.user, fingerprint=grant.fingerprint, action="skip",
+                                    why="other-credential",
                                     reason="the Location this request follows carried another credential"))
             return
         if position is None:
@@ -217,13 +218,15 @@ class CredHop:
         if len(values) != 1:
             reason = "no Location header" if not values else f"{len(values)} Location headers"
             self.stats["location_missing" if not values else "location_several"] += 1
-            self._emit({**record, "action": "none", "reason": reason}, logging.WARNING)
+            why = "location-missing" if not values else "location-several"
+            self._emit({**record, "action": "none", "why": why, "reason": reason}, logging.WARNING)
             return
         try:
             location = parse_location(values[0], _url(flow.request))
         except LocationError as e:
             self.stats["location_unparseable"] += 1
-            self._emit({**record, "location": redact_url(values[0]), "action": "none", "reason": str(e)},
+            self._emit({**record, "location": redact_url(values[0]), "action": "none",
+                        "why": "location-unparseable", "reason": str(e)},
                        logging.WARNING)
             return
         record.update(location=location.redacted, target=str(location.origin), relative=location.relative)
@@ -295,7 +298,8 @@ class CredHop:
                               user=grant.user, fingerprint=grant.fingerprint)
         if grant.header in request.headers and not grant.override:
             self.stats["inject_skipped_client_header"] += 1
-            self._emit({**record, "action": "skip", "reason": f"client sent its own {grant.header}"})
+            self._emit({**record, "action": "skip", "why": "client-header",
+                        "reason": f"client sent its own {grant.header}"})
             return
         request.headers[grant.header] = grant.value
         state = self._state(flow)
@@ -316,12 +320,12 @@ class CredHop:
         action = rule.action if rule else "keep"
         record.update(rule=rule.name if rule else None, action=action)
         if rule is None:
-            record["reason"] = "no rule matched"
+            record.update(why="no-rule", reason="no rule matched")
         elif action == "inject":
             refusal = self._refusal(rule, location, credential, fingerprint, _origin(flow.request), client, now)
             if refusal:
                 self.stats["inject_refused"] += 1
-                record.update(action="keep", reason=refusal)
+                record.update(action="keep", why=refusal[0], reason=refusal[1])
                 action = "keep"
         self.stats[f"action_{action}"] += 1
         if self.observe:
@@ -385,24 +389,24 @@ class CredHop:
         return state.sent
 
     def _refusal(self, rule: Rule, location: Location, credential: Credential, fingerprint: str,
-                 issuer: Origin, client: str, now: float) -> str | None:
-        """Why an inject rule must not inject here, or None."""
+                 issuer: Origin, client: str, now: float) -> tuple[str, str] | None:
+        """(code, words) of why an inject rule must not inject here, or None."""
         problem = credential.problem()
         if problem:
-            return problem
+            return "credential-unusable", problem
         held = self.store.get(client, location.origin, now)
         if held and held.issuer != issuer and held.fingerprint != fingerprint:
             # another site must not swap the credential a client uses for a registry
-            return f"{location.origin} already holds a live credential handed out by {held.issuer}"
+            return "swap-refused", f"{location.origin} already holds a live credential handed out by {held.issuer}"
         origin = location.origin
         if origin.is_plaintext and not origin.is_loopback and not rule.allow_plaintext:
-            return "plaintext http destination; set allow_plaintext on the rule to permit"
+            return "plaintext-refused", "plaintext http destination; set allow_plaintext on the rule to permit"
         if parsers_disagree(location.raw, location):
-            return "WHATWG and urllib parsers disagree on where this Location goes"
+            return "parsers-disagree", "WHATWG and urllib parsers disagree on where this Location goes"
         try:
             rule.header.render(credential)
         except CredentialError as e:
-            return str(e)
+            return "credential-unusable", str(e)
         return None
 
     # -- commands --------------------------------------------------------------------

@@ -140,6 +140,7 @@ class Hop:
     action: str | None = None
     rule: str | None = None
     reason: str | None = None
+    why: str | None = None  # the stable code of `reason` (see why_of)
     user: str | None = None
     fingerprint: str | None = None  # of the credential in the Location
     ttl: float | None = None
@@ -286,6 +287,23 @@ def _resolve(location: str | None, base: str) -> str | None:
         return None
 
 
+# Logs written before records carried `why` say it only in words.
+_WHY_BY_WORDS = (
+    ("Location header", "location-missing"), ("no rule matched", "no-rule"), ("plaintext", "plaintext-refused"),
+    ("already holds a live credential", "swap-refused"), ("parsers disagree", "parsers-disagree"),
+)
+
+
+def why_of(reason: str | None, action: str | None) -> str | None:
+    """The stable code of a redirect's `reason`, for records that carry only the words."""
+    if not reason:
+        return None
+    for words, why in _WHY_BY_WORDS:
+        if words in reason:
+            return why
+    return "location-unparseable" if action == "none" else "credential-unusable"
+
+
 def _sent(value: Any) -> list[Sent]:
     if not isinstance(value, list):
         return []
@@ -307,6 +325,7 @@ def _merge(hop: Hop, record: dict[str, Any]) -> None:
         hop.relative = record.get("relative") is True
         hop.action, hop.rule = _str(record.get("action")), _str(record.get("rule"))
         hop.reason, hop.user = _str(record.get("reason")), _str(record.get("user"))
+        hop.why = _str(record.get("why")) or why_of(hop.reason, hop.action)
         hop.fingerprint, hop.ttl = _str(record.get("fingerprint")), _num(record.get("ttl"))
         hop.observe = record.get("observe") is True
         hop.sent = _sent(record.get("sent")) or hop.sent
@@ -519,10 +538,10 @@ def _check_redirect_shape(chain: Chain, grants: _Grants) -> Iterator[Finding]:
                      "whatever the follow-up carries crosses the network unencrypted: make the redirector "
                      "point to https", hop.index)
         reason = hop.reason or ""
-        if hop.action == "none" and "Location header" in reason:
+        if hop.why in ("location-missing", "location-several"):
             yield _f("CH304", f"the {hop.status} of hop {hop.index} came with {reason}",
                      "the server must send exactly one Location with a 3xx; fix the redirector", hop.index)
-        elif hop.action == "none" and reason:
+        elif hop.why == "location-unparseable":
             yield _f("CH305", f"the Location of hop {hop.index} cannot be followed: {reason}",
                      "the server must send an absolute or relative http(s) URL; fix the redirector",
                      hop.index)
@@ -584,29 +603,29 @@ def _check_injection(chain: Chain, grants: _Grants) -> Iterator[Finding]:
                          "raise ttl on the rule (or credhop_ttl) to cover the client's whole run", hop.index)
         if not (hop.redirect and hop.fingerprint):
             continue
-        reason = hop.reason or ""
+        reason, why = hop.reason or "", hop.why
         if hop.action == "block" and not hop.observe:
             yield _f("CH407", f"rule {hop.rule} blocked the {hop.status} of hop {hop.index} to "
                      f"{hop.target}; the client got 403",
                      "if the redirect is legitimate, change the rule's action to inject", hop.index)
-        elif reason == "no rule matched":
+        elif why == "no-rule":
             yield _f("CH405", f"the credential for {hop.target} matched no rule and stayed in the Location",
                      "add a rule (action: inject) that matches this host; most clients drop the credential",
                      hop.index)
-        elif "plaintext" in reason:
+        elif why == "plaintext-refused":
             yield _f("CH403", f"credhop did not inject for {hop.target}: {reason}",
                      "use https for the registry, or set allow_plaintext: true on a rule for this host only",
                      hop.index)
-        elif "already holds a live credential" in reason:
+        elif why == "swap-refused":
             yield _f("CH408", f"credhop did not inject for {hop.target}: {reason}",
                      "credhop keeps the first redirector's credential so another site cannot swap it; if "
                      "both redirectors are yours, let one hand out the credential, or wait for the TTL",
                      hop.index)
-        elif "parsers disagree" in reason:
+        elif why == "parsers-disagree":
             yield _f("CH404", f"credhop did not inject for hop {hop.index}: {reason}",
                      "the Location is ambiguous (backslash or '@' tricks) and may be crafted to send the "
                      "credential elsewhere: check the redirector", hop.index)
-        elif reason and hop.action == "keep":
+        elif why == "credential-unusable" and hop.action == "keep":
             yield _f("CH406", f"credhop did not inject for {hop.target}: {reason}",
                      "the userinfo holds something no header may carry; fix the credential the redirector "
                      "hands out", hop.index)

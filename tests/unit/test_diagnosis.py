@@ -417,3 +417,18 @@ def test_report_modules_import_neither_mitmproxy_nor_the_addon(module):
     imported |= {("." * node.level) + (node.module or "") for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom)}
     assert not {m for m in imported if m.startswith("mitmproxy") or m.endswith("addon")}, imported
+
+
+@pytest.mark.parametrize(
+    ("why", "code"),
+    [("plaintext-refused", "CH403"), ("parsers-disagree", "CH404"), ("no-rule", "CH405"),
+     ("credential-unusable", "CH406"), ("swap-refused", "CH408")],
+)
+def test_the_stable_why_code_decides_not_the_words(why, code):
+    log = Log()
+    log.redirect(0, A, "http://aws:***@registry.example/simple/pkg/", credential=True, action="keep",
+                 why=why, reason="words that may change between releases")
+    log.response(1, "http://registry.example/simple/pkg/", 401)
+    found = codes(log)
+    assert code in found
+    assert not (found & ({"CH403", "CH404", "CH405", "CH406", "CH408"} - {code}))
