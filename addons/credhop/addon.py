@@ -282,7 +282,7 @@ class CredHop:
             self.stats["leak_detected"] += 1
             action = "log" if self.observe else position.on_leak
             if action == "strip":
-                flow.request.headers.pop(leak.header, None)  # a repeated header goes at the first
+                flow.request.headers.pop(leak.header, None)  # every field of that name; a repeat finds none
                 self.stats["leak_stripped"] += 1
             self._emit(self._record("leak", flow, position, header=leak.header, fingerprint=leak.fingerprint,
                                     kind=leak.kind, came_from=str(position.came_from), target=str(origin),
