@@ -62,6 +62,7 @@ class FlowState:
     position: ChainPosition | None = None
     reuse: bool = False  # not a follow-up: a later request that got a held credential (a download)
     sent: list[SentSecret] | None = None  # secrets the request carries
+    stripped: frozenset[str] = frozenset()  # fingerprints of leaked secrets credhop removed
     injected: tuple[str, str] | None = None  # (header, fingerprint of its value) credhop added
     body: Scrubber | Replacer | None = None  # rewrites the 3xx body (see bodies.py)
 
@@ -240,7 +241,8 @@ class CredHop:
         self.chains.expect(client, location.url, ChainPosition(
             position.chain, position.hop + 1,
             came_from=_origin(flow.request),
-            sent=frozenset(s.fingerprint for s in sent if not s.injected),
+            # what the client sent, stripped leaks included: it will try them again on the next hop
+            sent=frozenset(s.fingerprint for s in sent if not s.injected) | state.stripped,
             location_fp=location_fp, on_leak=rule.on_leak if rule else "log",
         ), now)
 
@@ -262,9 +264,10 @@ class CredHop:
             extra = {"reuse": True} if state.reuse else {}
             self._emit(self._record("response", flow, position, status=status, **extra,
                                     sent=[s.as_record() for s in self._sent(flow, state)] or None), logging.DEBUG)
-            if status == 401 and not state.reuse:  # clients such as pip ask again, with credentials
+            if status == 401 and not state.reuse:  # clients such as pip ask again, with credentials:
                 self.chains.expect(_client(flow), normalize_url(_url(flow.request)), replace(position, retry=True),
                                    time.time())
+                return  # no verdict yet (the report still shows a 401 that was never retried)
             self._warn_if_failed(position.chain)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -283,6 +286,7 @@ class CredHop:
             action = "log" if self.observe else position.on_leak
             if action == "strip":
                 flow.request.headers.pop(leak.header, None)  # every field of that name; a repeat finds none
+                state.stripped |= {leak.fingerprint}
                 self.stats["leak_stripped"] += 1
             self._emit(self._record("leak", flow, position, header=leak.header, fingerprint=leak.fingerprint,
                                     kind=leak.kind, came_from=str(position.came_from), target=str(origin),

@@ -7,7 +7,7 @@ each 3xx expects a follow-up to its Location, which becomes the next hop.
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from .urls import Origin
@@ -26,10 +26,13 @@ class ChainPosition:
 
 
 class ChainTracker:
+    """Pending follow-ups by (client, URL); one client may await the same URL in several chains."""
+
     def __init__(self, max_pending: int = 10_000, ttl: float = 120.0) -> None:
         self.max_pending = max_pending
         self.ttl = ttl
-        self._pending: OrderedDict[tuple[str, str], tuple[ChainPosition, float]] = OrderedDict()
+        self._pending: OrderedDict[tuple[str, str], deque[tuple[ChainPosition, float]]] = OrderedDict()
+        self._count = 0
 
     @staticmethod
     def new_chain() -> ChainPosition:
@@ -39,24 +42,45 @@ class ChainTracker:
         """Remember that `client` should next request `url`, as hop `position`."""
         self._purge(now)
         key = (client, url)
-        self._pending.pop(key, None)
-        self._pending[key] = (position, now + self.ttl)
-        while len(self._pending) > self.max_pending:
-            self._pending.popitem(last=False)
+        queue = self._pending.pop(key, None) or deque()
+        queue.append((position, now + self.ttl))
+        self._pending[key] = queue  # most recently touched last, so the front expires first
+        self._count += 1
+        while self._count > self.max_pending:
+            self._drop_oldest()
 
     def follow(self, client: str, url: str, now: float) -> ChainPosition | None:
-        """The hop this request continues, if a 3xx sent this client here."""
+        """The hop this request continues, if a 3xx sent this client here (oldest first)."""
         self._purge(now)
-        entry = self._pending.pop((client, url), None)
-        return entry[0] if entry else None
+        key = (client, url)
+        queue = self._pending.get(key)
+        position = None
+        while queue and position is None:
+            position, expires = queue.popleft()
+            self._count -= 1
+            if expires <= now:  # a touched queue moves to the back with its old entries
+                position = None
+        if queue is not None and not queue:
+            del self._pending[key]
+        return position
+
+    def _drop_oldest(self) -> None:
+        key, queue = next(iter(self._pending.items()))
+        queue.popleft()
+        self._count -= 1
+        if not queue:
+            del self._pending[key]
 
     def _purge(self, now: float) -> None:
-        # entries share one TTL, so insertion order is expiry order
+        # entries share one TTL and queues move to the back when touched: the front expires first
         while self._pending:
-            _, (_, expires) = next(iter(self._pending.items()))
-            if expires > now:
+            key, queue = next(iter(self._pending.items()))
+            while queue and queue[0][1] <= now:
+                queue.popleft()
+                self._count -= 1
+            if queue:
                 break
-            self._pending.popitem(last=False)
+            del self._pending[key]
 
     def __bool__(self) -> bool:
         return bool(self._pending)

@@ -15,7 +15,8 @@ from .chains import ChainPosition
 from .credentials import Fingerprinter, credential_from_header
 from .urls import Origin
 
-ALWAYS_SECRET = ("authorization", "proxy-authorization", "cookie")
+# Proxy-Authorization is meant for the proxy on every hop, so it is never a leak.
+ALWAYS_SECRET = ("authorization", "cookie")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +62,27 @@ def leak_kind(came_from: Origin, origin: Origin) -> str:
     return "other-scheme"
 
 
+def _site(host: str) -> str:
+    """The last two labels of a name: cookies may be shared within it (no public-suffix list here)."""
+    return ".".join(host.rstrip(".").split(".")[-2:]) if any(c.isalpha() for c in host) else host
+
+
+def _allowed(header: str, came_from: Origin, origin: Origin) -> bool:
+    """Re-sending that browsers and careful clients do on purpose."""
+    if came_from.host == origin.host and came_from.scheme == "http" and origin.scheme == "https":
+        return True  # an upgrade to TLS on the same host
+    # cookies are scoped by host or domain, not by scheme or port
+    return header == "cookie" and _site(came_from.host) == _site(origin.host)
+
+
 def find_leaks(sent: list[SentSecret], position: ChainPosition, origin: Origin) -> list[Leak]:
-    if position.came_from is None or position.came_from == origin:
+    came_from = position.came_from
+    if came_from is None or came_from == origin:
         return []
-    kind = leak_kind(position.came_from, origin)
+    kind = leak_kind(came_from, origin)
     return [
         Leak(s.header, s.fingerprint, kind)
         for s in sent
         if not s.injected and s.fingerprint in position.sent and s.fingerprint != position.location_fp
+        and not _allowed(s.header, came_from, origin)
     ]

@@ -543,3 +543,34 @@ def test_report_command_and_one_warning_when_a_chain_ends_badly(hop, caplog):
     assert report.splitlines()[0].startswith("✗ FAILED chain") and "credential-lost-on-redirect" in report.splitlines()[0]
     assert_no_leak(report + "".join(warnings), FORMS, "credhop.report and the warning")
     assert hop.addon.stats["chains_failed"] == 1
+
+
+def test_a_stripped_leak_is_stripped_again_on_the_next_hop(hop):
+    own = [("Authorization", basic("me", "my-own-secret"))]  # curl --location-trusted re-sends it every hop
+    first = redirect("https://b.strip-leaks.example/y", url="https://a.example/x")
+    for k, v in own:
+        first.request.headers[k] = v
+    hop.addon.requestheaders(first)
+    hop.addon.responseheaders(first)
+    second = send(hop, "https://b.strip-leaks.example/y", headers=own)
+    second.response = tflow.tresp(status_code=302, headers=((b"location", b"https://c.strip-leaks.example/z"),))
+    hop.addon.responseheaders(second)
+    third = send(hop, "https://c.strip-leaks.example/z", headers=own)
+    assert "authorization" not in second.request.headers and "authorization" not in third.request.headers
+    assert [(r["hop"], r["action"]) for r in hop.records() if r["event"] == "leak"] == [(1, "strip"), (2, "strip")]
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "came_from", "target"),
+    [("Cookie", "sid=abcdef", "https://www.site.example/", "https://accounts.site.example/"),
+     ("Cookie", "sid=abcdef", "https://site.example/", "https://site.example:8443/"),
+     ("Authorization", "Bearer abcdefgh", "http://site.example/", "https://site.example/"),
+     ("Proxy-Authorization", "Basic dTpw", "https://a.example/", "https://b.example/")],
+)
+def test_what_browsers_and_careful_clients_resend_is_not_a_leak(hop, header, value, came_from, target):
+    f = redirect(target, url=came_from)
+    f.request.headers[header] = value
+    hop.addon.responseheaders(f)
+    g = send(hop, target, headers=[(header, value)])
+    assert not [r for r in hop.records() if r["event"] == "leak"]
+    assert g.request.headers[header] == value

@@ -83,3 +83,20 @@ def test_store_is_bounded_lru():
     assert len(store) == 2 and store.evicted == 1
     assert store.get("10.0.0.0", Origin("https", "a.example", 443), 0) is None
     assert store.expire(now=1000) == 2
+
+
+def test_chain_tracker_queues_two_chains_waiting_for_the_same_url():
+    from credhop.chains import ChainPosition, ChainTracker
+
+    tracker = ChainTracker(ttl=10)
+    first, second = ChainPosition("c1", 1), ChainPosition("c2", 1)
+    tracker.expect("10.0.0.1", "https://b.example/", first, now=0)
+    tracker.expect("10.0.0.2", "https://other.example/", ChainPosition("c3", 1), now=5)
+    tracker.expect("10.0.0.1", "https://b.example/", second, now=6)
+    assert tracker.follow("10.0.0.1", "https://b.example/", now=7) == first
+    assert tracker.follow("10.0.0.1", "https://b.example/", now=7) == second
+    assert tracker.follow("10.0.0.1", "https://b.example/", now=7) is None
+    tracker.expect("10.0.0.1", "https://b.example/", first, now=0)
+    tracker.expect("10.0.0.1", "https://b.example/", second, now=9)
+    assert tracker.follow("10.0.0.1", "https://b.example/", now=12) == second  # the first expired at 10
+    assert not tracker.follow("10.0.0.2", "https://other.example/", now=16)  # expired at 15
