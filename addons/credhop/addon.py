@@ -38,6 +38,7 @@ from .urls import (
     normalize_url,
     parse_location,
     parsers_disagree,
+    redact_loose,
     redact_url,
     request_url,
 )
@@ -226,7 +227,7 @@ class CredHop:
             location = parse_location(values[0], _url(flow.request))
         except LocationError as e:
             self.stats["location_unparseable"] += 1
-            self._emit({**record, "location": redact_url(values[0]), "action": "none",
+            self._emit({**record, "location": redact_loose(values[0]), "action": "none",
                         "why": "location-unparseable", "reason": str(e)},
                        logging.WARNING)
             return

@@ -7,6 +7,8 @@ the body or streams it (`stream_large_bodies` can switch mid-body).
 
 from __future__ import annotations
 
+import html
+
 
 class Scrubber:
     """Replaces each `old` by its `new` in a body passed chunk by chunk; holds back a tail
@@ -53,5 +55,9 @@ class Replacer:
 def userinfo_replacements(userinfo: str) -> dict[bytes, bytes]:
     """`//user:pass@` -> `//`, in the slash forms WHATWG accepts. Anchored on the
     slashes so a short token does not eat unrelated text (`time@work`)."""
-    raw = userinfo.encode("utf-8", "surrogateescape")
-    return {prefix + raw: prefix for prefix in (b"//", b"\\\\", b"/\\", b"\\/")}
+    spellings = {userinfo, html.escape(userinfo), html.escape(userinfo).replace("&#x27;", "&#39;")}
+    return {
+        prefix + text.encode("utf-8", "surrogateescape"): prefix
+        for text in spellings  # as written, and HTML-escaped the ways Go, Werkzeug and Python do
+        for prefix in (b"//", b"\\\\", b"/\\", b"\\/")
+    }

@@ -81,7 +81,7 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.html:
         try:
             args.html.write_text(render_html(chains, read.malformed, source=Path(args.hoplog).name),
-                                 encoding="utf-8")
+                                 encoding="utf-8", errors="backslashreplace")
         except OSError as e:
             err.write(f"credhop report: cannot write {args.html}: {e.strerror or e}\n")
             return EXIT_USAGE
@@ -90,6 +90,9 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a hostile log must not crash the report on a strict stream
+        if out is None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     out, err = out or sys.stdout, err or sys.stderr
     parser = _parser()
     args = parser.parse_args(argv)

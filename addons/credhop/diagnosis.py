@@ -7,7 +7,9 @@ The log is input from elsewhere, so every field is checked before use and odd li
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,11 +186,22 @@ class Chain:
     hops: list[Hop]
     findings: list[Finding] = field(default_factory=list)
     verdict: str = "unknown"  # ok | failed | unknown
+    _main: list[Hop] | None = None
+    _sent_at: list[tuple[int, Sent]] | None = None
+
+    def sent_before(self, index: int) -> Sent | None:
+        """The last secret the client itself sent on a hop before `index`."""
+        if self._sent_at is None:
+            self._sent_at = [(h.index, s) for h in sorted(self.main, key=lambda h: h.index) for s in h.sent]
+        at = bisect.bisect_left(self._sent_at, index, key=lambda pair: pair[0])
+        return self._sent_at[at - 1][1] if at else None
 
     @property
     def main(self) -> list[Hop]:
         """The walk through the redirects, without the same-origin requests that reused a credential."""
-        return [h for h in self.hops if not h.reuse]
+        if self._main is None:  # hops are final once the chain is built; checks ask often
+            self._main = [h for h in self.hops if not h.reuse]
+        return self._main
 
     @property
     def start(self) -> float:
@@ -261,7 +274,13 @@ def _int(value: Any) -> int | None:
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if type(value) in (int, float) else None
+    if type(value) not in (int, float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # a 400-digit integer
+        return None
+    return number if math.isfinite(number) else None
 
 
 def origin_of(url: str) -> str:
@@ -344,7 +363,7 @@ def _hops(records: list[dict[str, Any]]) -> list[Hop]:
     by_request: dict[Any, Hop] = {}
     for record in sorted(records, key=lambda r: (r["hop"], _num(r.get("ts")) or 0.0)):
         flow = _str(record.get("flow"))
-        key = flow or (record["hop"], record.get("method"), record.get("url"))
+        key = flow or (record["hop"], _str(record.get("method")), _str(record.get("url")))
         hop = by_request.get(key)
         if hop is None:
             method, url = _str(record.get("method")) or "?", _str(record.get("url")) or ""
@@ -463,9 +482,9 @@ def _lost_source(chain: Chain, prev: Hop | None, hop: Hop, grants: _Grants) -> t
             fix = (f"credhop left it in the Location ({why}) and the client dropped it: add or fix an inject "
                    "rule for this host")
         return where, fix
-    own = [s for h in chain.main if h.index < hop.index for s in h.sent]
+    own = chain.sent_before(hop.index)
     if own:
-        return (f"the request of hop {hop.index - 1} carried {own[-1].label()}",
+        return (f"the request of hop {hop.index - 1} carried {own.label()}",
                 "the client drops its own credential when a redirect changes origin (as it should): "
                 f"configure credentials for {hop.origin} in the client, or have the redirector hand them out")
     grant = grants.expired(chain.client, hop)

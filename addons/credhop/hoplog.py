@@ -17,11 +17,14 @@ from typing import Any, TextIO
 from .urls import redact_url
 
 SCHEMA = 1
-# `Authorization: <anything>` and friends, as header lines, dict/bytes reprs or key=value
+# `Authorization: <anything>` and friends, as header lines or (name, value) reprs; not URL
+# query parameters such as `?set-cookie=1`, which are no header
 _SECRET_HEADER = re.compile(
-    r"(?i)\b((?:proxy-)?authorization|cookie|private-token|x-api-key|x-auth-token)"
-    r"(['\"]?\s*[:=,]\s*b?['\"]?)([^'\"\r\n]+)"
+    r"(?i)(?<![\w?&=/.-])((?:proxy-)?authorization|cookie|private-token|x-api-key|x-auth-token)"
+    r"(['\"]?\s*[:,]\s*b?['\"]?)([^'\"\r\n]+)"
 )
+# terminal control sequences and lone surrogates (undecodable bytes) a hostile server can plant
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 # a scheme word followed by its credential, anywhere
 _AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|digest|negotiate|ntlm)\s+[^\s'\",;)]{8,}")
 
@@ -31,6 +34,11 @@ def scrub(text: str) -> str:
     text = redact_url(text)
     text = _SECRET_HEADER.sub(lambda m: f"{m[1]}{m[2]}***", text)
     return _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", text)
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal or a UTF-8 file: controls and lone surrogates escaped."""
+    return _UNPRINTABLE.sub(lambda m: ascii(m[0])[1:-1], text)
 
 
 def _scrub_record(value: Any) -> Any:

@@ -14,7 +14,7 @@ import re
 from urllib.parse import urlsplit
 
 from .diagnosis import REUSE_SHOWN, Chain, Finding, Hop
-from .hoplog import scrub
+from .hoplog import printable, scrub
 from .report import VERDICT_MARK, credential_text, totals_line
 
 LANE_W, ROW_H, HEAD_H, CODES_W, PAD = 250, 78, 64, 110, 16
@@ -71,10 +71,11 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'"  # nothing may be fetched:
 
 
 def _e(text: object) -> str:
-    return html.escape(scrub(str(text)), quote=True)
+    return html.escape(printable(scrub(str(text))), quote=True)
 
 
 def _short(text: str, limit: int) -> str:
+    text = scrub(text)  # before cutting: a cut can hide the "@" that marks userinfo
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

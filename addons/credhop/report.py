@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from .diagnosis import KINDS, REUSE_SHOWN, Chain, Finding, Hop, severity_rank
-from .hoplog import scrub
+from .hoplog import printable, scrub
 
 VERDICT_MARK = {"failed": "✗ FAILED", "unknown": "? UNKNOWN", "ok": "✓ ok"}
 ANSI = {"error": "31;1", "warning": "33", "info": "36", "failed": "31;1", "unknown": "33", "ok": "32",
@@ -22,7 +22,7 @@ VERDICTS = ("failed", "unknown", "ok")
 
 
 def _s(value: Any) -> str:
-    return scrub(str(value))
+    return printable(scrub(str(value)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +147,15 @@ def _chain_text(chain: Chain, paint: _Paint) -> list[str]:
         end = main[-1]
         head += f" · {len(main)} hop(s), ends {_s(f'{end.method} {end.url}')} → {end.status or '—'}"
     lines = [head]
+    reused: dict[int, list[Hop]] = {}
+    for h in chain.hops:
+        if h.reuse:
+            reused.setdefault(h.index, []).append(h)
     for n, hop in enumerate(main):
         last = n == len(main) - 1
         lines.append(f"  {'└─' if last else '├─'} {_hop_line(hop, paint)}")
         # same-origin requests that reused the injected credential hang under their hop
-        reuse = [h for h in chain.hops if h.reuse and h.index == hop.index]
+        reuse = reused.get(hop.index, [])
         stem = "   " if last else "│  "
         shown = reuse[:REUSE_SHOWN]
         for m, extra in enumerate(shown):

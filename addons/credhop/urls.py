@@ -192,9 +192,19 @@ def _mask(userinfo: str) -> str:
     return f"{user}:***" if sep and password and "\\" not in userinfo else "***"
 
 
+def redact_loose(text: str) -> str:
+    """For a Location no parser accepted: mask from the first `//` to the last `@`, since its
+    secret may hold `/`, `?`, `#` or folded whitespace that end userinfo for `redact_url`."""
+    head = _USERINFO_HEAD.search(text)
+    at = text.rfind("@", head.end()) if head else -1
+    if head is None or at < 0:
+        return redact_url(text)
+    return text[: head.end()] + "***@" + redact_url(text[at + 1 :])
+
+
 def _shown(text: str) -> str:
     """Redacted, then cut short (error messages end up in the hop log)."""
-    text = redact_url(text)
+    text = redact_loose(text)
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 

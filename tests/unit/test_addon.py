@@ -574,3 +574,27 @@ def test_what_browsers_and_careful_clients_resend_is_not_a_leak(hop, header, val
     g = send(hop, target, headers=[(header, value)])
     assert not [r for r in hop.records() if r["event"] == "leak"]
     assert g.request.headers[header] == value
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["https://aws:abc/def+ghi==@registry.example/s/", "https://aws:ab?c#d@registry.example:99999/",
+     "https://aws:abc\r\n def@registry.example/"],
+)
+def test_unparseable_locations_never_log_their_secret(hop, location):
+    run_redirect(hop, location)
+    text = hop.log.read_text()
+    assert "def+ghi" not in text and "ab?c#d" not in text and "abc\\r\\n def" not in text
+    assert "***@" in hop.records()[-1]["location"]
+
+
+def test_html_escaped_userinfo_in_a_redirect_body_is_scrubbed(hop):
+    import html as html_lib
+
+    location = "https://aws:tok&en'SECRET@registry.example/s/"
+    f = redirect(location)
+    f.response.set_text(f'<a href="{html_lib.escape(location)}">moved</a> '
+                        f'<a href="{html_lib.escape(location).replace("&#x27;", "&#39;")}">moved</a>')
+    hop.addon.responseheaders(f)
+    hop.addon.response(f)
+    assert "SECRET" not in f.response.text and f.response.text.count('href="https://registry.example/s/"') == 2
