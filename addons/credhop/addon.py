@@ -111,8 +111,8 @@ class CredHop:
         )
         loader.add_option(
             "credhop_secret_headers", str, DEFAULT_SECRET_HEADERS,
-            "Comma-separated request headers that carry secrets, besides Authorization and Cookie: "
-            "watched for leaks across redirects.",
+            "Comma-separated request headers that carry secrets, besides Authorization, "
+            "Proxy-Authorization and Cookie: watched for leaks across redirects.",
         )
         loader.add_option(
             "credhop_fingerprint_key", str, "",

@@ -15,8 +15,9 @@ from .chains import ChainPosition
 from .credentials import Fingerprinter, credential_from_header
 from .urls import Origin
 
-# Proxy-Authorization is meant for the proxy on every hop, so it is never a leak.
-ALWAYS_SECRET = ("authorization", "cookie")
+# Proxy-Authorization too: without proxyauth, mitmproxy forwards it to the origin server
+# (urllib3 CVE-2024-37891 is that header following a cross-origin redirect).
+ALWAYS_SECRET = ("authorization", "proxy-authorization", "cookie")
 
 
 @dataclass(frozen=True, slots=True)
