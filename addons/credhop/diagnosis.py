@@ -668,8 +668,27 @@ def _check_follow_ups(chain: Chain, grants: _Grants) -> Iterator[Finding]:
                  "the request line: 400 Bad Request)", last.index)
 
 
+def _check_reused(chain: Chain, grants: _Grants) -> Iterator[Finding]:
+    """Later same-origin requests (the wheel downloads) can fail after the index page worked."""
+    for hop in chain.hops:
+        if not hop.reuse:
+            continue
+        request = f"{hop.method} {hop.url} (a later request to the same origin) "
+        if hop.error:
+            yield _f("CH501", f"{request}failed: {hop.error}",
+                     "the proxy could not reach the origin (DNS, port, TLS): check the target", hop.index)
+        elif hop.status is not None and hop.status >= 400 and not hop.redirect:
+            if hop.status in DENIED and hop.credential_sent:
+                yield _f("CH102", f"{request}got {hop.status} although it carried a credential",
+                         "the server refused this credential for this path: a token scoped to the index "
+                         "but not the files, or expired meanwhile", hop.index)
+            else:
+                yield _f("CH104", f"{request}got {hop.status}",
+                         "look at the server's log for this request: the redirect itself worked", hop.index)
+
+
 CHECKS: tuple[Check, ...] = (_check_location_credential, _check_denied, _check_leaks, _check_redirect_shape,
-                             _check_chain_shape, _check_injection, _check_follow_ups)
+                             _check_chain_shape, _check_injection, _check_follow_ups, _check_reused)
 
 
 def _move(prev: Hop, hop: Hop) -> str | None:

@@ -306,7 +306,8 @@ def test_records_marked_reuse_never_become_the_follow_up():
     [chain] = diagnose(log.records)
     assert [(h.index, h.status) for h in chain.main] == [(0, 302), (1, 200)]  # although the 403 came first
     assert (1, True, 403) in [(h.index, h.reuse, h.status) for h in chain.hops]
-    assert chain.verdict == "ok"
+    # the index page worked, but a later download was refused: that is what failed
+    assert chain.verdict == "failed" and "CH102" in {f.code for f in chain.findings}
 
 
 def test_ttl_case_names_the_expiry_and_the_loss():
@@ -432,3 +433,28 @@ def test_the_stable_why_code_decides_not_the_words(why, code):
     found = codes(log)
     assert code in found
     assert not (found & ({"CH403", "CH404", "CH405", "CH406", "CH408"} - {code}))
+
+
+@pytest.mark.parametrize(("status", "error", "code"), [(403, None, "CH102"), (500, None, "CH104"),
+                                                       (None, "connection reset", "CH501")])
+def test_a_failed_download_after_a_good_index_page_fails_the_chain(status, error, code):
+    log = Log()
+    log.redirect(0, A, LOC, target="https://registry.example", credential=True, action="inject")
+    page = log.inject(1, B)
+    log.response(1, B, 200, flow=page)
+    wheel = "https://registry.example/pypi/files/pkg-1.0-py3-none-any.whl"
+    flow = log.inject(1, wheel)
+    if error:
+        log._add("error", 1, "GET", wheel, flow=flow, reason=error, reuse=True)
+    else:
+        log._add("response", 1, "GET", wheel, flow=flow, status=status, reuse=True,
+                 sent=[{"header": "authorization", "scheme": "Basic", "fingerprint": FP, "injected": True}])
+    chains = diagnose(log.records)
+    assert chains[0].verdict == "failed"
+    assert code in {f.code for f in chains[0].findings}
+    ok = Log()
+    ok.redirect(0, A, LOC, target="https://registry.example", credential=True, action="inject")
+    page = ok.inject(1, B)
+    ok.response(1, B, 200, flow=page)
+    ok._add("response", 1, "GET", wheel, flow=ok.inject(1, wheel), status=200, reuse=True)
+    assert diagnose(ok.records)[0].verdict == "ok"
