@@ -183,7 +183,8 @@ class CredHop:
         client = _client(flow)
         request = flow.request
         origin = _origin(request)
-        position = self.chains.follow(client, normalize_url(_url(request)), now) if self.chains else None
+        awaited = self.chains.awaits(client)
+        position = self.chains.follow(client, normalize_url(_url(request)), now) if awaited else None
         if position:
             self._place(flow, position)
             self._check_leaks(flow, position, origin)

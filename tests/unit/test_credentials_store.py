@@ -100,3 +100,18 @@ def test_chain_tracker_queues_two_chains_waiting_for_the_same_url():
     tracker.expect("10.0.0.1", "https://b.example/", second, now=9)
     assert tracker.follow("10.0.0.1", "https://b.example/", now=12) == second  # the first expired at 10
     assert not tracker.follow("10.0.0.2", "https://other.example/", now=16)  # expired at 15
+
+
+def test_chain_tracker_knows_which_clients_await_anything():
+    from credhop.chains import ChainPosition, ChainTracker
+
+    tracker = ChainTracker(ttl=10, max_pending=2)
+    tracker.expect("10.0.0.1", "https://b.example/", ChainPosition("c1", 1), now=0)
+    assert tracker.awaits("10.0.0.1") and not tracker.awaits("10.0.0.2")
+    tracker.expect("10.0.0.2", "https://b.example/", ChainPosition("c2", 1), now=1)
+    tracker.expect("10.0.0.3", "https://b.example/", ChainPosition("c3", 1), now=2)  # bound: drops c1
+    assert not tracker.awaits("10.0.0.1") and tracker.awaits("10.0.0.3")
+    tracker.follow("10.0.0.2", "https://b.example/", now=3)
+    assert not tracker.awaits("10.0.0.2")
+    tracker.follow("10.0.0.3", "https://nothing.example/", now=20)  # purges the expired c3
+    assert not tracker.awaits("10.0.0.3") and not tracker
