@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from credhop.urls import LocationError, Origin, parse_location, parsers_disagree, redact_url
 from tests.e2e.security_cases import CASES, UNIT_PORTS, expand
 from tests.fuzz.budget import Result, fuzz_for
+from tests.fuzz.mutate import mutations
 
 BASES = (
     "http://127.0.0.1:8081/c/x/start",
@@ -83,28 +84,8 @@ PIECES = [
 ]
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> str:
-    text = draw(st.sampled_from(SEEDS))
-    for _ in range(draw(st.integers(1, 6))):
-        i = draw(st.integers(0, len(text)))
-        j = draw(st.integers(i, min(len(text), i + 12)))
-        op = draw(st.sampled_from(("insert", "delete", "replace", "duplicate", "upper")))
-        if op == "insert":
-            text = text[:i] + draw(st.sampled_from(PIECES)) + text[i:]
-        elif op == "delete":
-            text = text[:i] + text[j:]
-        elif op == "replace":
-            text = text[:i] + draw(st.sampled_from(PIECES)) + text[j:]
-        elif op == "duplicate":
-            text = text[:j] + text[i:j] + text[j:]
-        else:
-            text = text[:i] + text[i:j].upper() + text[j:]
-    return text[:4000]
-
-
 inputs = (
-    mutated()
+    mutations(SEEDS, PIECES, rounds=6, span=12, limit=4000)
     | st.text(st.characters(blacklist_categories=()), max_size=120)
     | st.binary(max_size=120).map(lambda b: b.decode("utf-8", "surrogateescape"))
 )

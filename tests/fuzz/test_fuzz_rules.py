@@ -27,6 +27,7 @@ from credhop.rules import (
 )
 from credhop.urls import parse_location
 from tests.fuzz.budget import Result, fuzz_for
+from tests.fuzz.mutate import mutations
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = [
@@ -150,24 +151,12 @@ PIECES = [
 ]
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> str:
-    text = draw(st.sampled_from(SEEDS))
-    for _ in range(draw(st.integers(1, 5))):
-        i = draw(st.integers(0, len(text)))
-        j = draw(st.integers(i, min(len(text), i + 10)))
-        op = draw(st.sampled_from(("insert", "delete", "replace", "duplicate")))
-        piece = draw(st.sampled_from(PIECES))
-        text = {
-            "insert": text[:i] + piece + text[i:],
-            "delete": text[:i] + text[j:],
-            "replace": text[:i] + piece + text[j:],
-            "duplicate": text[:j] + text[i:j] + text[j:],
-        }[op]
-    return text[:3000]
-
-
-inputs = structured() | mutated() | st.text(max_size=200)
+EDITS = ("insert", "delete", "replace", "duplicate")
+inputs = (
+    structured()
+    | mutations(SEEDS, PIECES, rounds=5, span=10, limit=3000, ops=EDITS)
+    | st.text(max_size=200)
+)
 LONG_HOST = ("a" * 60 + ".") * 15 + "example"
 HOP = Hop(parse_location(f"https://u:p@{LONG_HOST}/x/y", "https://r.example/"), LONG_HOST, 302, None)
 

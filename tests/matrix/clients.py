@@ -299,6 +299,17 @@ def wheel_downloaded(c: Client, site: PypiSite, wd: Path) -> bool:
 # -- command line ------------------------------------------------------------------------------
 
 
+def _page_then_wheel(argv: list[str], output_flag: str, site: PypiSite, wd: Path) -> Result:
+    """A downloader fetches the project page, then the wheel, both through the redirector."""
+    (wd / "target").mkdir(parents=True, exist_ok=True)
+    env = client_env(wd)
+    page = run(argv + [output_flag, str(wd / "target/page.html"), site.project_url], env, wd)
+    if page.returncode:
+        return page
+    wheel = run(argv + [output_flag, str(wd / "target" / site.index.wheel.name), site.wheel_url], env, wd)
+    return combine(page, wheel)
+
+
 def curl_run(c: Client, site: PypiSite, wd: Path, proxy: Proxy | None) -> Result:
     argv = [
         "curl",
@@ -312,14 +323,7 @@ def curl_run(c: Client, site: PypiSite, wd: Path, proxy: Proxy | None) -> Result
         argv += ["--proxy", proxy.url]
     if _ca(site, proxy):
         argv += ["--cacert", str(_ca(site, proxy))]
-    (wd / "target").mkdir(parents=True, exist_ok=True)
-    env = client_env(wd)
-    page = run(argv + ["-o", str(wd / "target/page.html"), site.project_url], env, wd)
-    if page.returncode:
-        return page
-    return combine(
-        page, run(argv + ["-o", str(wd / "target" / site.index.wheel.name), site.wheel_url], env, wd)
-    )
+    return _page_then_wheel(argv, "-o", site, wd)
 
 
 def wget_run(c: Client, site: PypiSite, wd: Path, proxy: Proxy | None) -> Result:
@@ -328,14 +332,7 @@ def wget_run(c: Client, site: PypiSite, wd: Path, proxy: Proxy | None) -> Result
         argv += ["-e", "use_proxy=on", "-e", f"http_proxy={proxy.url}", "-e", f"https_proxy={proxy.url}"]
     if _ca(site, proxy):
         argv += [f"--ca-certificate={_ca(site, proxy)}"]
-    (wd / "target").mkdir(parents=True, exist_ok=True)
-    env = client_env(wd)
-    page = run(argv + ["-O", str(wd / "target/page.html"), site.project_url], env, wd)
-    if page.returncode:
-        return page
-    return combine(
-        page, run(argv + ["-O", str(wd / "target" / site.index.wheel.name), site.wheel_url], env, wd)
-    )
+    return _page_then_wheel(argv, "-O", site, wd)
 
 
 def git_run(c: Client, site: GitSite, wd: Path, proxy: Proxy | None) -> Result:
