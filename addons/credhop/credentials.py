@@ -44,8 +44,9 @@ class Credential:
 
     @property
     def display_user(self) -> str | None:
-        """The user name if it can be shown: with no password, the user *is* the token."""
-        return self.user if self.password else None
+        """The user name if it can be shown: with no password, the user *is* the token (and a
+        user name that holds the password would show it)."""
+        return self.user if self.password and self.password not in self.user else None
 
     def problem(self) -> str | None:
         """Why this credential cannot be injected, or None."""

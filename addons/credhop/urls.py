@@ -187,9 +187,11 @@ def _whatwg_input(raw: str) -> str:
 def _mask(userinfo: str) -> str:
     """`user:***`, or `***` when there is no password (the user is the token). Also `***` when the
     text holds a "\\": WHATWG ends an http(s) userinfo before it, so what looks like the user name
-    here may be a token-only userinfo plus host (`TOKEN@host:8080\\@evil`)."""
+    here may be a token-only userinfo plus host (`TOKEN@host:8080\\@evil`), and when the user name
+    spells the password."""
     user, sep, password = userinfo.partition(":")
-    return f"{user}:***" if sep and password and "\\" not in userinfo else "***"
+    shown = sep and password and "\\" not in userinfo and password not in user
+    return f"{user}:***" if shown else "***"
 
 
 def redact_loose(text: str) -> str:

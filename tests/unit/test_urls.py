@@ -134,3 +134,10 @@ def test_parsers_disagree_on_backslash_but_not_on_plain_urls():
     assert parsers_disagree(ambiguous, parse_location(ambiguous, BASE))
     plain = "https://u:p@registry.example:8443/simple/"
     assert not parsers_disagree(plain, parse_location(plain, BASE))
+
+
+def test_a_user_name_that_spells_the_password_is_masked_too():
+    loc = parse_location("http:k%3ASecret2:k%3ASecret2@127.0.0.3:8082/x", "https://redirector.example/a")
+    assert "Secret2" not in loc.redacted and loc.credential.display_user is None
+    assert redact_url("https://tok3n:tok3n@h/") == "https://***@h/"
+    assert redact_url("https://aws:tok3n@h/") == "https://aws:***@h/"
