@@ -1,59 +1,53 @@
-"""mitmproxy wiring: options, hooks and commands. The decisions live in the modules it imports.
+"""mitmproxy wiring: options, guarded hooks, commands. The decisions live in `decide.py`.
 
-Path of a credential: `responseheaders` sees a 3xx, `urls.parse_location`
-decodes its userinfo, `rules.RuleSet.first_match` picks the action, a `Grant`
-goes into the `CredentialStore`, the Location is stripped; `requestheaders`
-finds the grant for the follow-up's real destination and adds the header.
+Path of a credential: `responseheaders` sees a 3xx, `decide.decide_redirect`
+reads its Location and proposes a `Grant`, the `CredentialStore` takes it, the
+Location is stripped; `requestheaders` asks `decide.decide_follow_up` about the
+follow-up's real destination and adds the header. Every step becomes a record
+for the sinks (hop log, event log, recent chains, counters).
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
-import ipaddress
 import logging
 import os
 import secrets
+import sys
 import time
-from collections import Counter, OrderedDict
+import traceback
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, NoReturn, TypeVar
 
 from mitmproxy import command, ctx, exceptions, http
 
 from .bodies import Replacer, Scrubber, userinfo_replacements
-from .chains import ChainPosition, ChainTracker
-from .credentials import Credential, CredentialError, Fingerprinter, credential_from_header
-from .diagnosis import diagnose
+from .credentials import Fingerprinter, credential_from_header
+from .decide import REDIRECTS, FollowUp, Redirect, RedirectDecision, decide_follow_up, decide_redirect, next_position
+from .diagnosis import Chain, diagnose
+from .leaks import SentSecret, secrets_sent
+from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
+from .records import Action, ErrorRecord, InjectRecord, LeakRecord, Record, RedirectRecord, ResponseRecord, Why
 from .report import render_text, summary_line
-from .hoplog import HopLog, SecretFilter, event_line
-from .leaks import ALWAYS_SECRET, SentSecret, find_leaks, secrets_sent
-from .rules import MAX_TTL, Hop, Rule, RuleSet, RulesError, load_rules
-from .store import CredentialStore, Grant, MemoryStore
-from .urls import (
-    Location,
-    LocationError,
-    Origin,
-    normalize_url,
-    parse_location,
-    parsers_disagree,
-    redact_loose,
-    redact_url,
-    request_url,
-)
+from .rules import MAX_TTL, RuleSet, RulesError, load_rules
+from .scrub import DEFAULT_SECRET_HEADERS, Redactor, SecretFilter, secret_header_names
+from .sinks import Counters, EventLog, HopLogFile, RecentChains, Sinks
+from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable
+from .urls import Origin, normalize_url, redact_loose, redact_url, request_url
 
 log = logging.getLogger("credhop")
 
-REDIRECTS = frozenset((301, 302, 303, 307, 308))
 DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules.yaml"
 META = "credhop"  # flow.metadata key: {"chain", "hop"}, plain values so saved flows stay writable
 MARKER = ":key:"
 RELOAD_INTERVAL = 1.0
 MAX_LIVE_FLOWS = 10_000
-MAX_RECENT_CHAINS = 1_000  # kept in memory for credhop.report and the chain-end warning
-MAX_RECORDS_PER_CHAIN = 200
-DEFAULT_SECRET_HEADERS = "X-API-Key,PRIVATE-TOKEN,X-Auth-Token"
+STORE_DEADLINE = 0.5  # seconds: mitmproxy runs no timeout while a hook awaits
+INTERNAL_ERROR = b"credhop: this request was stopped because credhop failed to decide about it; see the proxy log\n"
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -66,25 +60,31 @@ class FlowState:
     stripped: frozenset[str] = frozenset()  # fingerprints of leaked secrets credhop removed
     injected: tuple[str, str] | None = None  # (header, fingerprint of its value) credhop added
     body: Scrubber | Replacer | None = None  # rewrites the 3xx body (see bodies.py)
+    redirect_seen: bool = False  # the 3xx went through responseheaders
 
 
 class CredHop:
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = time.time) -> None:
+        self.clock = clock
         self.rules = RuleSet(())
-        self.store: CredentialStore = MemoryStore()
-        self.chains = ChainTracker()
-        self.stats: Counter[str] = Counter()
-        self.hoplog: HopLog | None = None
+        self.store: CredentialStore = MemoryStore(clock=clock)
+        self.pending: PendingFollowUps = MemoryPending(clock=clock)
+        self.counters = Counters()
+        self.recent = RecentChains(self._chain_failed)
+        self.redactor = Redactor()
+        self.filter = SecretFilter(self.redactor)
+        self.event_log = EventLog(self.redactor)
+        self.hoplog: HopLogFile | None = None
+        self.sinks = Sinks(self.counters, self.recent, self.event_log)
         self.fingerprint: Fingerprinter | None = None
         self.observe = False
         self.ttl = 600
-        self.secret_headers = _secret_headers(DEFAULT_SECRET_HEADERS)
+        self.secret_headers = secret_header_names()
         self._flows: OrderedDict[str, FlowState] = OrderedDict()
-        self._recent: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()  # chain -> its records
-        self._warned: set[str] = set()  # chains whose bad end was already reported
         self._rules_stamp: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._filter = SecretFilter()
+        self._running = False
+        self._store_failing = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -103,16 +103,16 @@ class CredHop:
         )
         loader.add_option(
             "credhop_ttl", int, 600,
-            "Seconds an injected credential stays valid for follow-ups, unless its rule sets ttl.",
+            f"Seconds (1..{MAX_TTL}) an injected credential stays valid for follow-ups, unless its rule sets ttl.",
         )
         loader.add_option(
             "credhop_max_credentials", int, 10_000,
-            "Most credentials held at once; the least recently used is dropped first.",
+            "Most credentials held at once; when full, the client holding the most loses its least recently used.",
         )
         loader.add_option(
-            "credhop_secret_headers", str, DEFAULT_SECRET_HEADERS,
+            "credhop_secret_headers", str, ",".join(DEFAULT_SECRET_HEADERS),
             "Comma-separated request headers that carry secrets, besides Authorization, "
-            "Proxy-Authorization and Cookie: watched for leaks across redirects.",
+            "Proxy-Authorization and Cookie: watched for leaks across redirects and scrubbed from logs.",
         )
         loader.add_option(
             "credhop_fingerprint_key", str, "",
@@ -120,45 +120,84 @@ class CredHop:
             "credhop-fingerprint.key in mitmproxy's confdir, created on first use. "
             "Share it between proxies to get comparable fingerprints.",
         )
+        self._check_deferred(loader.master)
         for handler in logging.getLogger().handlers:
-            handler.addFilter(self._filter)
+            handler.addFilter(self.filter)
+
+    def _check_deferred(self, master: Any) -> None:
+        """`--set credhop_…` values mitmproxy holds until a script declares the option: a name or a
+        value it cannot use would otherwise make the script fail to load without a word."""
+        options = master.options
+        deferred = getattr(options, "deferred", {})
+        known = sorted(o for o in options.keys() if o.startswith("credhop_"))
+        for name in [n for n in deferred if n.startswith("credhop")]:
+            if name not in known:
+                hint = difflib.get_close_matches(name, known, n=1)
+                self._fail(master, f"unknown option {name!r}"
+                           f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; credhop options: {', '.join(known)}")
+            raw = deferred[name]
+            values = getattr(raw, "val", None)
+            if values is None or not hasattr(options, "_parse_setval"):
+                continue  # a value set programmatically, already typed
+            try:
+                options._parse_setval(options._options[name], values)
+            except exceptions.OptionsError as e:
+                shown = self.redactor(" ".join(values))
+                self._fail(master, f"{name}={shown!r}: {e}")
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        except exceptions.OptionsError as e:
+            self._fail(ctx.master, str(e), e)
+
+    def _configure(self, updated: set[str]) -> None:
+        """Check every changed option before changing anything: a refused value leaves all as it was."""
         opts = ctx.options
+        ttl, observe, headers = self.ttl, self.observe, self.secret_headers
         if "credhop_ttl" in updated:
             if not 0 < opts.credhop_ttl <= MAX_TTL:
                 raise exceptions.OptionsError(f"credhop_ttl must be 1..{MAX_TTL} seconds, not {opts.credhop_ttl}")
-            self.ttl = opts.credhop_ttl
-        if "credhop_max_credentials" in updated:
-            if opts.credhop_max_credentials < 1:
-                raise exceptions.OptionsError("credhop_max_credentials must be at least 1")
-            self.store = MemoryStore(opts.credhop_max_credentials)
+            ttl = opts.credhop_ttl
+        if "credhop_max_credentials" in updated and opts.credhop_max_credentials < 1:
+            raise exceptions.OptionsError(
+                f"credhop_max_credentials must be at least 1, not {opts.credhop_max_credentials}")
         if "credhop_observe" in updated:
-            self.observe = opts.credhop_observe
+            observe = opts.credhop_observe
         if "credhop_secret_headers" in updated:
             try:
-                self.secret_headers = _secret_headers(opts.credhop_secret_headers)
+                headers = secret_header_names(opts.credhop_secret_headers.split(","))
             except ValueError as e:
                 raise exceptions.OptionsError(f"credhop_secret_headers: {e}") from None
-        if "credhop_fingerprint_key" in updated or self.fingerprint is None:
-            self.fingerprint = Fingerprinter(self._fingerprint_key(opts.credhop_fingerprint_key))
-        if "credhop_log" in updated:
-            self._open_hoplog(opts.credhop_log)
+        rules = None
         if "credhop_rules" in updated:
             try:
-                self._load_rules()
+                rules = self._read_rules(opts.credhop_rules)
             except RulesError as e:
                 raise exceptions.OptionsError(f"credhop: {e}") from None
+        fingerprint = self.fingerprint
+        if "credhop_fingerprint_key" in updated or fingerprint is None:
+            fingerprint = Fingerprinter(self._fingerprint_key(opts.credhop_fingerprint_key))
+        redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
+        hoplog = self._open_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
+
+        self.ttl, self.observe, self.secret_headers, self.fingerprint = ttl, observe, headers, fingerprint
+        if "credhop_max_credentials" in updated:
+            self.store = MemoryStore(opts.credhop_max_credentials, clock=self.clock)
+        if redactor is not self.redactor:
+            self.redactor = self.filter.redactor = redactor
+            self.event_log = EventLog(redactor)
+        if hoplog is not self.hoplog and self.hoplog:
+            self.hoplog.close()
+        self.hoplog = hoplog
+        if hoplog:
+            hoplog.redactor = redactor
+        self.sinks = Sinks(*(s for s in (self.counters, self.recent, self.event_log, hoplog) if s))
+        if rules is not None:
+            self._use_rules(*rules)
 
     def running(self) -> None:
-        unknown = [k for k in getattr(ctx.options, "deferred", {}) if k.startswith("credhop")]
-        for name in unknown:
-            known = [o for o in ctx.options.keys() if o.startswith("credhop_")]
-            hint = difflib.get_close_matches(name, known, n=1)
-            log.error(
-                "credhop: unknown option %r%s; credhop options: %s",
-                name, f" (did you mean {hint[0]!r}?)" if hint else "", ", ".join(sorted(known)),
-            )
+        self._running = True
         try:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_rules())
         except RuntimeError:  # no event loop (unit tests): reload by command only
@@ -172,204 +211,260 @@ class CredHop:
             self.hoplog.close()
             self.hoplog = None
         for handler in logging.getLogger().handlers:
-            handler.removeFilter(self._filter)
+            handler.removeFilter(self.filter)
+
+    def _fail(self, master: Any, message: str, error: Exception | None = None) -> None:
+        """A setting credhop cannot use. While starting mitmdump/mitmweb: one line and exit, before the
+        proxy listens (mitmproxy would print a traceback, or for a value it cannot parse, nothing at
+        all). While running: refuse it, and mitmproxy keeps the old value."""
+        if not self._running and master is not None and master.addons.get("errorcheck") is not None:
+            _exit_at_start(message)
+        raise error or exceptions.OptionsError(message)
 
     # -- hooks -----------------------------------------------------------------------
+    # Guards as in mitmproxy's own addons: flows loaded from a file (not live), replayed requests,
+    # and requests another addon already answered or killed get nothing and use nothing up.
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if not self.chains and not len(self.store):
-            return  # nothing pending, nothing granted: the common case costs two len() calls
-        now = time.time()
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or flow.is_replay == "request":
+            return
         client = _client(flow)
-        request = flow.request
-        origin = _origin(request)
-        awaited = self.chains.awaits(client)
-        position = self.chains.follow(client, normalize_url(_url(request)), now) if awaited else None
-        if position:
-            self._place(flow, position)
-            self._check_leaks(flow, position, origin)
-        grant = self.store.get(client, origin, now) if len(self.store) else None
-        if grant is None:
-            return
-        if position and position.location_fp not in (None, grant.fingerprint):
-            # the client follows a Location that carried another credential (one credhop refused
-            # to adopt): the one held for this origin would be the wrong one
-            self.stats["inject_skipped_other_credential"] += 1
-            self._emit(self._record("inject", flow, position, rule=grant.rule, header=grant.header,
-                                    user=grant.user, fingerprint=grant.fingerprint, action="skip",
-                                    why="other-credential",
-                                    reason="the Location this request follows carried another credential"))
-            return
-        if position is None:
-            position = self._place(flow, ChainPosition(grant.chain, grant.hop))
-            self._state(flow).reuse = True
-        self._inject(flow, grant, position)
+        awaited = self.pending.awaits(client)
+        if not awaited and not self.store.may_hold(client):
+            return  # nothing pending, nothing held: the common case costs two lookups
+        try:
+            await self._follow_up(flow, client, awaited)
+        except Exception as e:
+            self._internal_error(flow, "requestheaders", e)
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
-        if response is None or response.status_code not in REDIRECTS:
-            return
-        self.stats["redirects"] += 1
-        now = time.time()
-        client = _client(flow)
-        state = self._state(flow)
-        position = state.position or self._place(flow, self.chains.new_chain())
-        sent = self._sent(flow)
-        record = self._record("redirect", flow, position, status=response.status_code,
-                              sent=[s.as_record() for s in sent] or None)
-        values = response.headers.get_all("location")
-        if len(values) != 1:
-            reason = "no Location header" if not values else f"{len(values)} Location headers"
-            self.stats["location_missing" if not values else "location_several"] += 1
-            why = "location-missing" if not values else "location-several"
-            self._emit({**record, "action": "none", "why": why, "reason": reason}, logging.WARNING)
+        if response is None or response.status_code not in REDIRECTS or flow.error or not flow.live \
+                or flow.is_replay == "request":
             return
         try:
-            location = parse_location(values[0], _url(flow.request))
-        except LocationError as e:
-            self.stats["location_unparseable"] += 1
-            self._emit({**record, "location": redact_loose(values[0]), "action": "none",
-                        "why": "location-unparseable", "reason": str(e)},
-                       logging.WARNING)
-            return
-        record.update(location=location.redacted, target=str(location.origin), relative=location.relative)
-        rule = self.rules.first_match(Hop(location, flow.request.host, response.status_code, _ip(client)))
-        location_fp = None
-        if location.credential is None:
-            self._emit({**record, "action": "none"}, logging.DEBUG)
-        else:
-            location_fp = self._handle_credential(flow, state, record, location, location.credential, rule,
-                                                  client, now)
-        self.chains.expect(client, location.url, ChainPosition(
-            position.chain, position.hop + 1,
-            came_from=_origin(flow.request),
-            # what the client sent, stripped leaks included: it will try them again on the next hop
-            sent=frozenset(s.fingerprint for s in sent if not s.injected) | state.stripped,
-            location_fp=location_fp, on_leak=rule.on_leak if rule else "log",
-        ), now)
+            await self._redirect(flow, streamed=True)
+        except Exception as e:
+            self._internal_error(flow, "responseheaders", e)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        state = self._flows.pop(flow.id, None)
-        if state is None or flow.response is None:
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response is None:
+            self._flows.pop(flow.id, None)
             return
-        body = state.body
-        if isinstance(body, Replacer) and not body.done:  # the body was buffered, not streamed
-            flow.response.content = body.body
-        elif isinstance(body, Scrubber) and flow.response.raw_content:
-            flow.response.content = body.scrub(flow.response.get_content(strict=False) or b"")
-        if body is not None and getattr(body, "removed", 0):
-            self.stats["body_scrubbed"] += 1
-        # close the hop of a follow-up, so a report can tell what the client got
-        position = state.position
-        status = flow.response.status_code
-        if position and position.hop > 0 and status not in REDIRECTS:
-            extra = {"reuse": True} if state.reuse else {}
-            self._emit(self._record("response", flow, position, status=status, **extra,
-                                    sent=[s.as_record() for s in self._sent(flow, state)] or None), logging.DEBUG)
-            if status == 401 and not state.reuse:  # clients such as pip ask again, with credentials:
-                self.chains.expect(_client(flow), normalize_url(_url(flow.request)), replace(position, retry=True),
-                                   time.time())
-                return  # no verdict yet (the report still shows a 401 that was never retried)
-            self._warn_if_failed(position.chain)
+        state = self._flows.get(flow.id)
+        if flow.response.status_code in REDIRECTS and flow.is_replay != "request" \
+                and not (state and state.redirect_seen):
+            # a 3xx another addon made (server replay, map_local) never passes responseheaders
+            try:
+                await self._redirect(flow, streamed=False)
+            except Exception as e:
+                self._internal_error(flow, "response", e)
+        state = self._flows.pop(flow.id, None)
+        if state is None:
+            return
+        try:
+            await self._close_hop(flow, state)
+        except Exception as e:
+            self._internal_error(flow, "response", e)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow.id, None)
-        if state and state.position and flow.error:
-            self._emit(self._record("error", flow, state.position, reason=flow.error.msg), logging.WARNING)
-            self._warn_if_failed(state.position.chain)
+        if state and state.position and flow.error and flow.live:
+            self._emit(ErrorRecord(**self._base(flow, state.position), reason=flow.error.msg))
 
-    # -- decisions -------------------------------------------------------------------
+    # -- applying decisions ------------------------------------------------------------
 
-    def _check_leaks(self, flow: http.HTTPFlow, position: ChainPosition, origin: Origin) -> None:
+    async def _follow_up(self, flow: http.HTTPFlow, client: str, awaited: bool) -> None:
+        request = flow.request
+        origin = _origin(request)
+        position = None
+        if awaited:
+            position = await self._ask(self.pending.follow(client, normalize_url(_url(request))), None)
+        held = await self._ask(self.store.get(client, origin), None) if self.store.may_hold(client) else None
+        if position is None and held is None:
+            return
         state = self._state(flow)
-        leaks = find_leaks(self._sent(flow, state), position, origin)
-        for leak in leaks:
-            self.stats["leak_detected"] += 1
-            action = "log" if self.observe else position.on_leak
-            if action == "strip":
-                flow.request.headers.pop(leak.header, None)  # every field of that name; a repeat finds none
-                state.stripped |= {leak.fingerprint}
-                self.stats["leak_stripped"] += 1
-            self._emit(self._record("leak", flow, position, header=leak.header, fingerprint=leak.fingerprint,
-                                    kind=leak.kind, came_from=str(position.came_from), target=str(origin),
-                                    action=action), logging.WARNING)
-            self._mark(flow, f"credhop: client re-sent {leak.header} to {origin} ({leak.kind}); {action}")
-        if leaks:
+        if position:
+            self._place(flow, position)
+        decision = decide_follow_up(FollowUp(origin, self._sent(flow, state),
+                                             frozenset(k.lower() for k in request.headers), position, held))
+        if decision.leaks:
+            assert position is not None
+            action = Action.LOG if self.observe else decision.leak_action
+            for leak in decision.leaks:
+                if action is Action.STRIP:
+                    request.headers.pop(leak.header, None)  # every field of that name; a repeat finds none
+                    state.stripped |= {leak.fingerprint}
+                self._emit(LeakRecord(**self._base(flow, position), header=leak.header, fingerprint=leak.fingerprint,
+                                      kind=leak.kind, came_from=str(position.came_from), target=str(origin),
+                                      action=action))
+                _mark(flow, f"credhop: client re-sent {leak.header} to {origin} ({leak.kind}); {action}")
             state.sent = None  # recomputed without what was stripped
+        grant = decision.inject or decision.skipped
+        if grant is None:
+            return
+        if position is None:
+            position = self._place(flow, ChainPosition(grant.chain, grant.hop))
+            state.reuse = True
+        fields = dict(rule=grant.rule, header=grant.header, user=grant.user, fingerprint=grant.fingerprint)
+        if decision.skipped:
+            self._emit(InjectRecord(**self._base(flow, position), **fields, action=Action.SKIP, why=decision.why,
+                                    reason=decision.reason))
+            return
+        self._inject(flow, state, grant)
+        self._emit(InjectRecord(**self._base(flow, position), **fields, action=Action.INJECT))
+        _mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
 
-    def _inject(self, flow: http.HTTPFlow, grant: Grant, position: ChainPosition) -> None:
+    def _inject(self, flow: http.HTTPFlow, state: FlowState, grant: Grant) -> None:
         assert self.fingerprint is not None
         request = flow.request
-        record = self._record("inject", flow, position, rule=grant.rule, header=grant.header,
-                              user=grant.user, fingerprint=grant.fingerprint)
-        if grant.header in request.headers and not grant.override:
-            self.stats["inject_skipped_client_header"] += 1
-            self._emit({**record, "action": "skip", "why": "client-header",
-                        "reason": f"client sent its own {grant.header}"})
-            return
-        request.headers[grant.header] = grant.value
-        state = self._state(flow)
+        # HTTP/2 and 3 want lower-case names (mitmproxy would lower-case and warn on every request)
+        name = grant.header if request.http_version.startswith("HTTP/1") else grant.header.lower()
+        request.headers[name] = grant.value
         state.injected = (grant.header.lower(), self.fingerprint(credential_from_header(grant.header, grant.value)[1]))
         state.sent = None
-        self.stats["injected"] += 1
-        self._emit({**record, "action": "inject"})
-        self._mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
 
-    def _handle_credential(self, flow: http.HTTPFlow, state: FlowState, record: dict[str, Any],
-                           location: Location, credential: Credential, rule: Rule | None, client: str,
-                           now: float) -> str:
-        """Apply `rule` to a Location's credential; return the credential's fingerprint."""
+    async def _redirect(self, flow: http.HTTPFlow, streamed: bool) -> None:
         assert self.fingerprint is not None and flow.response is not None
-        self.stats["location_userinfo"] += 1
-        fingerprint = self.fingerprint(credential)
-        record.update(user=credential.display_user, fingerprint=fingerprint)
-        action = rule.action if rule else "keep"
-        record.update(rule=rule.name if rule else None, action=action)
-        if rule is None:
-            record.update(why="no-rule", reason="no rule matched")
-        elif action == "inject":
-            refusal = self._refusal(rule, location, credential, fingerprint, _origin(flow.request), client, now)
+        request, response = flow.request, flow.response
+        client = _client(flow)
+        state = self._state(flow)
+        state.redirect_seen = True
+        position = state.position or self._place(flow, new_chain())
+        redirect = Redirect(client, _url(request), _origin(request), response.status_code,
+                            tuple(response.headers.get_all("location")))
+        decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, self.clock(),
+                                   ChainPosition(position.chain, position.hop + 1))
+        if decision.grant and not self.observe:
+            refusal = await self._ask(self.store.grant(decision.grant),
+                                      Refusal(Why.STORE_UNAVAILABLE, "the credential store did not answer"))
             if refusal:
-                self.stats["inject_refused"] += 1
-                record.update(action="keep", why=refusal[0], reason=refusal[1])
-                action = "keep"
-        self.stats[f"action_{action}"] += 1
-        if self.observe:
-            self._emit({**record, "observe": True}, logging.INFO)
-            self._mark(flow, f"credhop (observe): would {action} the credential in Location ({fingerprint})")
-            return fingerprint
+                decision = decision.refused(refusal)
+        sent = self._sent(flow, state)
+        self._emit(self._redirect_record(flow, position, decision, sent))
+        if decision.fingerprint:
+            would = " (observe)" if self.observe else ""
+            _mark(flow, f"credhop{would}: {decision.action} credential in Location -> "
+                        f"{decision.location.origin if decision.location else '?'} ({decision.fingerprint})")
+        if not self.observe:
+            self._apply(flow, state, decision, streamed)
+        if decision.location:
+            await self._ask(self.pending.expect(client, decision.location.url,
+                                                next_position(redirect, position, decision, sent, state.stripped)),
+                            None)
+
+    def _apply(self, flow: http.HTTPFlow, state: FlowState, decision: RedirectDecision, streamed: bool) -> None:
         response = flow.response
-        if action == "inject":
-            assert rule is not None
-            ttl = rule.ttl or self.ttl
-            self.store.put(Grant(
-                client=client, origin=location.origin, issuer=_origin(flow.request), header=rule.header.name,
-                value=rule.header.render(credential), rule=rule.name, user=credential.display_user,
-                fingerprint=fingerprint, expires=now + ttl, override=rule.override_client_header,
-                chain=record["chain"], hop=record["hop"] + 1,
-            ))
-            record["ttl"] = ttl
-        if action in ("inject", "strip"):
+        location = decision.location
+        assert response is not None
+        if decision.rewrites_location and location:
             response.headers["location"] = location.stripped
             userinfo = _userinfo_text(location.raw)
             if userinfo:
                 state.body = Scrubber(userinfo_replacements(userinfo))
-                _rewrite_body(flow, state.body)
-        elif action == "block":
-            assert rule is not None
+                if streamed:
+                    _rewrite_body(flow, state.body)
+                else:
+                    self._finish_body(flow, state)
+        elif decision.action is Action.BLOCK and location and decision.rule:
+            assert location.credential is not None
             message = (
-                f"credhop: rule {rule.name!r} blocked a {response.status_code} redirect from "
+                f"credhop: rule {decision.rule.name!r} blocked a {response.status_code} redirect from "
                 f"{redact_url(_url(flow.request))} to {location.redacted} "
-                f"(credential user={credential.display_user or '(token)'} {fingerprint}).\n"
+                f"(credential user={location.credential.display_user or '(token)'} {decision.fingerprint}).\n"
             ).encode()
             response.status_code, response.reason = 403, "Forbidden"
             response.headers = http.Headers(content_type="text/plain; charset=utf-8",
                                             content_length=str(len(message)))
             state.body = Replacer(message)
-            response.stream = state.body
-        self._emit(record, logging.INFO)
-        self._mark(flow, f"credhop: {action} credential in Location -> {location.origin} ({fingerprint})")
-        return fingerprint
+            if streamed:
+                response.stream = state.body
+            else:
+                self._finish_body(flow, state)
+
+    def _finish_body(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Rewrite a body mitmproxy buffered (not streamed through `state.body`)."""
+        response, body = flow.response, state.body
+        assert response is not None
+        if isinstance(body, Replacer) and not body.done:
+            response.content = body.body
+            body.done = True
+        elif isinstance(body, Scrubber) and response.raw_content:
+            response.content = body.scrub(response.get_content(strict=False) or b"")
+        if body is not None and getattr(body, "removed", 0):
+            self.counters.add("body_scrubbed")
+            body.removed = 0  # type: ignore[union-attr]
+
+    async def _close_hop(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """The final answer to a follow-up, so a report can tell what the client got."""
+        response = flow.response
+        assert response is not None
+        self._finish_body(flow, state)
+        position = state.position
+        if not position or position.hop == 0 or response.status_code in REDIRECTS:
+            return
+        self._emit(ResponseRecord(**self._base(flow, position, reuse=state.reuse), status=response.status_code,
+                                  sent=[s.as_record() for s in self._sent(flow, state)] or None))
+        if response.status_code == 401 and not state.reuse and not position.retry:
+            # clients such as pip ask again, with credentials: that request continues this hop
+            await self._ask(self.pending.expect(_client(flow), normalize_url(_url(flow.request)),
+                                                replace(position, retry=True)), None)
+
+    async def _ask(self, call: Awaitable[T], fallback: T) -> T:
+        """A store call with its own deadline: a slow or broken store never stalls the flow, and
+        its answer is then `fallback` (which never injects)."""
+        try:
+            result = await asyncio.wait_for(call, STORE_DEADLINE)
+        except (asyncio.TimeoutError, StoreUnavailable, OSError) as e:
+            self.counters.add("store_errors")
+            if not self._store_failing:  # once per outage
+                log.warning("credhop: credential store unavailable (%s); not injecting until it answers",
+                            type(e).__name__)
+            self._store_failing = True
+            return fallback
+        self._store_failing = False
+        return result
+
+    def _internal_error(self, flow: http.HTTPFlow, hook: str, error: Exception) -> None:
+        """Fail closed: a request credhop could not judge might carry a leak or need a strip, so it
+        does not go on; its client gets a 502 naming credhop. The message names no value."""
+        self.counters.add("internal_errors")
+        # file and line only: an exception's text or locals may hold a secret
+        where = "; ".join(f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_tb(error.__traceback__))
+        log.error("credhop: internal error in %s for flow %s: %s at %s", hook, flow.id, type(error).__name__, where)
+        flow.response = http.Response.make(502, INTERNAL_ERROR, {"content-type": "text/plain; charset=utf-8"})
+        self._flows.pop(flow.id, None)
+
+    # -- records ---------------------------------------------------------------------
+
+    def _base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:
+        return dict(ts=round(self.clock(), 6), client=_client(flow), chain=position.chain, hop=position.hop,
+                    flow=flow.id, method=flow.request.method, url=redact_url(_url(flow.request)),
+                    retry=position.retry, reuse=reuse)
+
+    def _redirect_record(self, flow: http.HTTPFlow, position: ChainPosition, decision: RedirectDecision,
+                         sent: list[SentSecret]) -> RedirectRecord:
+        location, rule = decision.location, decision.rule
+        shown = location.redacted if location else None
+        if decision.why is Why.LOCATION_UNPARSEABLE and flow.response:
+            shown = redact_loose(flow.response.headers.get("location", ""))
+        credential = location.credential if location else None
+        return RedirectRecord(
+            **self._base(flow, position), status=flow.response.status_code,  # type: ignore[union-attr]
+            action=decision.action, location=shown,
+            target=str(location.origin) if location else None, relative=location.relative if location else None,
+            rule=rule.name if rule and decision.fingerprint else None, why=decision.why, reason=decision.reason,
+            user=credential.display_user if credential else None, fingerprint=decision.fingerprint,
+            ttl=decision.ttl if not self.observe else None, observe=self.observe and credential is not None,
+            sent=[s.as_record() for s in sent] or None,
+        )
+
+    def _emit(self, record: Record) -> None:
+        self.sinks.emit(record)
+
+    def _chain_failed(self, chain: Chain) -> None:
+        self.counters.add("chains_failed")
+        log.warning("%s", summary_line(chain))
 
     # -- per-flow state ----------------------------------------------------------------
 
@@ -386,34 +481,12 @@ class CredHop:
         flow.metadata[META] = {"chain": position.chain, "hop": position.hop}
         return position
 
-    def _sent(self, flow: http.HTTPFlow, state: FlowState | None = None) -> list[SentSecret]:
-        state = state or self._state(flow)
+    def _sent(self, flow: http.HTTPFlow, state: FlowState) -> list[SentSecret]:
         if state.sent is None:
             assert self.fingerprint is not None
             state.sent = secrets_sent(flow.request.headers.items(multi=True), self.secret_headers,
                                       self.fingerprint, state.injected)
         return state.sent
-
-    def _refusal(self, rule: Rule, location: Location, credential: Credential, fingerprint: str,
-                 issuer: Origin, client: str, now: float) -> tuple[str, str] | None:
-        """(code, words) of why an inject rule must not inject here, or None."""
-        problem = credential.problem()
-        if problem:
-            return "credential-unusable", problem
-        held = self.store.get(client, location.origin, now)
-        if held and held.issuer != issuer and held.fingerprint != fingerprint:
-            # another site must not swap the credential a client uses for a registry
-            return "swap-refused", f"{location.origin} already holds a live credential handed out by {held.issuer}"
-        origin = location.origin
-        if origin.is_plaintext and not origin.is_loopback and not rule.allow_plaintext:
-            return "plaintext-refused", "plaintext http destination; set allow_plaintext on the rule to permit"
-        if parsers_disagree(location.raw, location):
-            return "parsers-disagree", "WHATWG and urllib parsers disagree on where this Location goes"
-        try:
-            rule.header.render(credential)
-        except CredentialError as e:
-            return "credential-unusable", str(e)
-        return None
 
     # -- commands --------------------------------------------------------------------
 
@@ -421,34 +494,35 @@ class CredHop:
     def reload(self) -> None:
         """Reload the rules file now; on error keep the current rules."""
         try:
-            self._load_rules()
+            self._use_rules(*self._read_rules(ctx.options.credhop_rules))
         except RulesError as e:
-            self.stats["rules_reload_failed"] += 1
+            self.counters.add("rules_reload_failed")
             log.error("credhop: rules not reloaded, keeping the previous %d rule(s): %s", len(self.rules.rules), e)
 
     @command.command("credhop.report")
     def report(self) -> str:
         """Why recent redirect chains failed: each chain as a tree with its findings."""
-        return render_text(diagnose(r for records in self._recent.values() for r in records))
+        return render_text(diagnose(self.recent.records()))
 
     @command.command("credhop.stats")
     def stats_line(self) -> str:
         """Counters of every decision credhop made since start."""
-        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items())) or "nothing seen"
-        return f"{counts}; credentials held={len(self.store)}"
+        return self.counters.line(len(self.store))  # type: ignore[arg-type]
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _load_rules(self) -> None:
-        path = ctx.options.credhop_rules
+    def _read_rules(self, path: str) -> tuple[RuleSet, tuple[float, int] | None, str]:
         if not path:
-            self.rules, self._rules_stamp = RuleSet(()), None
+            return RuleSet(()), None, path
+        stamp = _stamp(path)
+        return load_rules(path), stamp, path
+
+    def _use_rules(self, rules: RuleSet, stamp: tuple[float, int] | None, path: str) -> None:
+        self.rules, self._rules_stamp = rules, stamp
+        if not path:
             log.warning("credhop: no rules file (credhop_rules is empty): credentials pass untouched")
             return
-        stamp = _stamp(path)
-        rules = load_rules(path)
-        self.rules, self._rules_stamp = rules, stamp
-        self.stats["rules_loaded"] += 1
+        self.counters.add("rules_loaded")
         log.info("credhop: loaded %d rule(s) from %s", len(rules.rules), path)
         for warning in rules.warnings:
             log.warning("credhop: %s", warning)
@@ -461,7 +535,7 @@ class CredHop:
                 try:
                     self.reload()
                 except Exception:  # never let the watcher die: reloads would stop silently
-                    log.exception("credhop: unexpected error reloading %s; keeping the previous rules", path)
+                    log.error("credhop: unexpected error reloading %s; keeping the previous rules", path)
                 self._rules_stamp = _stamp(path)  # a broken file is reported once per edit
 
     def _fingerprint_key(self, path: str) -> bytes:
@@ -474,60 +548,29 @@ class CredHop:
                     f.write(secrets.token_hex(32) + "\n")
             key = key_path.read_bytes().strip()
         except OSError as e:
-            raise exceptions.OptionsError(f"credhop_fingerprint_key: {key_path}: {e}") from None
+            raise exceptions.OptionsError(f"credhop_fingerprint_key: {key_path}: {e.strerror or e}") from None
         if len(key) < 16:
             raise exceptions.OptionsError(f"credhop_fingerprint_key: {key_path} holds fewer than 16 bytes")
         return key
 
-    def _open_hoplog(self, path: str) -> None:
-        if self.hoplog:
-            self.hoplog.close()
-            self.hoplog = None
-        if path:
-            try:
-                self.hoplog = HopLog(path)
-            except OSError as e:
-                raise exceptions.OptionsError(f"credhop_log: cannot open {path}: {e.strerror}") from None
-
-    def _record(self, event: str, flow: http.HTTPFlow, position: ChainPosition, **fields: Any) -> dict[str, Any]:
-        return {
-            "ts": round(time.time(), 6), "event": event, "client": _client(flow),
-            "chain": position.chain, "hop": position.hop, "flow": flow.id,
-            "method": flow.request.method, "url": redact_url(_url(flow.request)),
-            **({"retry": True} if position.retry else {}), **fields,
-        }
-
-    def _remember(self, record: dict[str, Any]) -> None:
-        records = self._recent.get(record["chain"])
-        if records is None:
-            records = self._recent[record["chain"]] = []
-            while len(self._recent) > MAX_RECENT_CHAINS:
-                chain, _ = self._recent.popitem(last=False)
-                self._warned.discard(chain)
-        if len(records) < MAX_RECORDS_PER_CHAIN:
-            records.append(record)
-
-    def _warn_if_failed(self, chain_id: str) -> None:
-        """One warning line when a chain ends badly: the user's first question answered in the event log."""
-        if chain_id in self._warned or chain_id not in self._recent:
-            return
-        chains = diagnose(self._recent[chain_id])
-        if chains and chains[0].verdict == "failed":
-            self._warned.add(chain_id)
-            self.stats["chains_failed"] += 1
-            log.warning("%s", summary_line(chains[0]))
-
-    def _emit(self, record: dict[str, Any], level: int = logging.INFO) -> None:
-        if self.hoplog:
-            self.hoplog.write(record)
-        self._remember(record)
-        if log.isEnabledFor(level):
-            log.log(level, event_line(record))
-
     @staticmethod
-    def _mark(flow: http.HTTPFlow, comment: str) -> None:
-        flow.marked = MARKER
-        flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
+    def _open_hoplog(path: str, redactor: Redactor) -> HopLogFile | None:
+        if not path:
+            return None
+        try:
+            return HopLogFile(path, redactor)
+        except OSError as e:
+            raise exceptions.OptionsError(f"credhop_log: cannot open {path}: {e.strerror}") from None
+
+
+def _exit_at_start(message: str) -> NoReturn:
+    print(f"credhop: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def _mark(flow: http.HTTPFlow, comment: str) -> None:
+    flow.marked = MARKER
+    flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
 
 
 def _origin(request: http.Request) -> Origin:
@@ -560,21 +603,6 @@ def _rewrite_body(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
 def _client(flow: http.HTTPFlow) -> str:
     peer = flow.client_conn.peername
     return str(peer[0]) if peer else "unknown"
-
-
-def _ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(client.removeprefix("::ffff:"))
-    except ValueError:
-        return None
-
-
-def _secret_headers(spec: str) -> frozenset[str]:
-    extra = [h.strip().lower() for h in spec.split(",") if h.strip()]
-    bad = [h for h in extra if not all(c.isalnum() or c in "-_" for c in h)]
-    if bad:
-        raise ValueError(f"invalid header name(s): {', '.join(bad)}")
-    return frozenset(ALWAYS_SECRET) | frozenset(extra)
 
 
 def _userinfo_text(raw: str) -> str | None:

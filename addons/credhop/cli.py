@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from .diagnosis import CATALOGUE, SEVERITIES, diagnose, kind_of, read_hoplog
-from .hoplog import scrub
+from .scrub import scrub
 from .html_report import render_html
 from .report import Selection, render_json, render_markdown, render_text
 

@@ -14,7 +14,7 @@ import re
 from urllib.parse import urlsplit
 
 from .diagnosis import REUSE_SHOWN, Chain, Finding, Hop
-from .hoplog import printable, scrub
+from .scrub import printable, scrub
 from .report import VERDICT_MARK, credential_text, totals_line
 
 LANE_W, ROW_H, HEAD_H, CODES_W, PAD = 250, 78, 64, 110, 16

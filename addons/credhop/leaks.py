@@ -11,14 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .chains import ChainPosition
+from .pending import ChainPosition
+from .records import LeakKind
 from .credentials import Fingerprinter, credential_from_header
 from .urls import Origin
-
-# Proxy-Authorization too: without proxyauth, mitmproxy forwards it to the origin server
-# (urllib3 CVE-2024-37891 is that header following a cross-origin redirect).
-ALWAYS_SECRET = ("authorization", "proxy-authorization", "cookie")
-
 
 @dataclass(frozen=True, slots=True)
 class SentSecret:
@@ -36,7 +32,7 @@ class SentSecret:
 class Leak:
     header: str
     fingerprint: str
-    kind: str  # scheme-downgrade | other-host | other-port | other-scheme
+    kind: LeakKind
 
 
 def secrets_sent(headers: Iterable[tuple[str, str]], names: frozenset[str], fingerprint: Fingerprinter,
@@ -53,14 +49,14 @@ def secrets_sent(headers: Iterable[tuple[str, str]], names: frozenset[str], fing
     return out
 
 
-def leak_kind(came_from: Origin, origin: Origin) -> str:
+def leak_kind(came_from: Origin, origin: Origin) -> LeakKind:
     if came_from.scheme == "https" and origin.scheme == "http":
-        return "scheme-downgrade"
+        return LeakKind.SCHEME_DOWNGRADE
     if came_from.host != origin.host:
-        return "other-host"
+        return LeakKind.OTHER_HOST
     if came_from.port != origin.port:
-        return "other-port"
-    return "other-scheme"
+        return LeakKind.OTHER_PORT
+    return LeakKind.OTHER_SCHEME
 
 
 def _site(host: str) -> str:

@@ -17,14 +17,15 @@ from typing import Any, Callable
 import yaml
 
 from .credentials import BASIC, HeaderTemplate
+from .records import LEAK_ACTIONS as _LEAK, RULE_ACTIONS, Action
 from .urls import Location
 
-ACTIONS = ("inject", "strip", "keep", "block")
+ACTIONS = tuple(a.value for a in RULE_ACTIONS)
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 MAX_TTL = 7 * 24 * 3600
 PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "bool", "null", "float")}
 RULE_KEYS = ("name", "match", "action", "header", "ttl", "allow_plaintext", "override_client_header", "on_leak")
-LEAK_ACTIONS = ("log", "strip")
+LEAK_ACTIONS = tuple(a.value for a in _LEAK)
 MATCH_KEYS = ("host", "from_host", "scheme", "port", "path_prefix", "status", "client")
 HEADER_KEYS = ("name", "value")
 TOP_KEYS = ("rules",)
@@ -84,13 +85,13 @@ class Match:
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
-    action: str
+    action: Action
     match: Match
     header: HeaderTemplate = BASIC
     ttl: int | None = None  # None: the credhop_ttl option
     allow_plaintext: bool = False
     override_client_header: bool = False
-    on_leak: str = "log"  # a client re-sending a secret to another origin after this redirect
+    on_leak: Action = Action.LOG  # a client re-sending a secret to another origin after this redirect
     line: int = 0
 
 
@@ -163,6 +164,8 @@ class _Parser:
                 raise self.fail(node, f"rules[{i}].name", f"duplicate rule name {rule.name!r}")
             names.add(rule.name)
             rules.append(rule)
+        if not rules:
+            self.warnings.append(f"{self.source}: 'rules' is empty: no credential will be injected, stripped or blocked")
         return RuleSet(tuple(rules), self.source, tuple(self.warnings))
 
     def mapping(
@@ -230,9 +233,9 @@ class _Parser:
                 raise self.fail(ttl_node, f"{where}.ttl", f"must be 1..{MAX_TTL} seconds (a week at most)")
         if "on_leak" in fields:
             leak_node = fields["on_leak"][1]
-            kwargs["on_leak"] = self.choice(f"{where}.on_leak", LEAK_ACTIONS)(
+            kwargs["on_leak"] = Action(self.choice(f"{where}.on_leak", LEAK_ACTIONS)(
                 self.scalar(leak_node, f"{where}.on_leak", str), leak_node
-            )
+            ))
         for flag in ("allow_plaintext", "override_client_header"):
             if flag in fields:
                 kwargs[flag] = self.scalar(fields[flag][1], f"{where}.{flag}", bool)
@@ -241,7 +244,7 @@ class _Parser:
                 raise self.fail(
                     fields[only_inject][0], f"{where}.{only_inject}", f"only applies to action inject, not {action}"
                 )
-        rule = Rule(name, action, match, line=node.start_mark.line + 1, **kwargs)
+        rule = Rule(name, Action(action), match, line=node.start_mark.line + 1, **kwargs)
         if action == "inject" and rule.allow_plaintext and match.matches_any_host:
             self.warnings.append(
                 f"{self.source}:{rule.line}: rule {name!r} injects into plaintext http on any host;"

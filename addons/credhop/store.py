@@ -1,16 +1,23 @@
-"""Where injected credentials live between the 3xx and the client's follow-ups.
+"""Where granted credentials live between the 3xx and the client's follow-ups.
 
-The addon talks to a `CredentialStore`; the in-memory store is the default and
-a shared (e.g. Redis) store can be swapped in for a fleet of proxies.
+The addon awaits a `CredentialStore`; `MemoryStore` is the embedded default, a
+shared store (Redis, for a fleet) implements the same interface. `grant` is
+atomic: it checks and stores in one step, so two redirects racing for the same
+origin cannot both win.
 """
 
 from __future__ import annotations
 
+import heapq
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
+from .records import Why
 from .urls import Origin
+
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,51 +38,108 @@ class Grant:
     hop: int
 
 
-class CredentialStore(Protocol):
-    def put(self, grant: Grant) -> None: ...
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    why: Why
+    reason: str
 
-    def get(self, client: str, origin: Origin, now: float) -> Grant | None: ...
+
+class StoreUnavailable(Exception):
+    """The store could not answer in time; the caller must not inject on a guess."""
+
+
+class CredentialStore(Protocol):
+    async def grant(self, grant: Grant) -> Refusal | None:
+        """Store `grant` unless a live grant for the same client and origin, handed out by another
+        issuer, holds another credential (another site must not swap a registry's token)."""
+
+    async def get(self, client: str, origin: Origin) -> Grant | None: ...
+
+    def may_hold(self, client: str) -> bool:
+        """Cheap and synchronous: False only when nothing can be held for `client`."""
 
     def __len__(self) -> int: ...
 
 
 class MemoryStore:
-    """Bounded LRU keyed by (client, origin); expired grants vanish when looked up or evicted."""
+    """Grants by client, then origin. Expired grants are dropped as time passes (a heap of expiry
+    times), and when full the client holding the most loses its least recently used grant, so one
+    client flooding the proxy with redirects evicts only its own."""
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = 10_000, max_per_client: int | None = None,
+                 clock: Clock = time.time) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
-        self._grants: OrderedDict[tuple[str, Origin], Grant] = OrderedDict()
+        self.max_per_client = max(1, max_per_client or min(max_entries, 1_000))
+        self.clock = clock
+        self._clients: dict[str, OrderedDict[Origin, Grant]] = {}
+        self._expiry: list[tuple[float, int, str, Origin]] = []  # may hold stale entries; checked on pop
+        self._seq = 0  # orders equal expiry times without comparing origins
+        self._count = 0
         self.evicted = 0
+        self.expired = 0
 
-    def put(self, grant: Grant) -> None:
-        key = (grant.client, grant.origin)
-        self._grants.pop(key, None)
-        self._grants[key] = grant
-        while len(self._grants) > self.max_entries:
-            self._grants.popitem(last=False)
+    async def grant(self, grant: Grant) -> Refusal | None:
+        self._expire()
+        grants = self._clients.setdefault(grant.client, OrderedDict())
+        held = grants.get(grant.origin)
+        if held and held.issuer != grant.issuer and held.fingerprint != grant.fingerprint:
+            return Refusal(Why.SWAP_REFUSED,
+                           f"{grant.origin} already holds a live credential handed out by {held.issuer}")
+        if held is None:
+            self._count += 1
+        grants.pop(grant.origin, None)
+        grants[grant.origin] = grant
+        self._seq += 1
+        heapq.heappush(self._expiry, (grant.expires, self._seq, grant.client, grant.origin))
+        while len(grants) > self.max_per_client:
+            self._drop(grant.client, next(iter(grants)))
             self.evicted += 1
+        while self._count > self.max_entries:
+            fullest = max(self._clients, key=lambda c: len(self._clients[c]))
+            self._drop(fullest, next(iter(self._clients[fullest])))
+            self.evicted += 1
+        return None
 
-    def get(self, client: str, origin: Origin, now: float) -> Grant | None:
-        key = (client, origin)
-        grant = self._grants.get(key)
-        if grant is None:
-            return None
-        if grant.expires <= now:
-            del self._grants[key]
-            return None
-        self._grants.move_to_end(key)
+    async def get(self, client: str, origin: Origin) -> Grant | None:
+        self._expire()
+        grants = self._clients.get(client)
+        grant = grants.get(origin) if grants else None
+        if grant is not None:
+            grants.move_to_end(origin)  # type: ignore[union-attr]
         return grant
 
-    def expire(self, now: float) -> int:
-        stale = [k for k, g in self._grants.items() if g.expires <= now]
-        for k in stale:
-            del self._grants[k]
-        return len(stale)
+    def may_hold(self, client: str) -> bool:
+        if self._expiry and self._expiry[0][0] <= self.clock():
+            self._expire()
+        return client in self._clients
+
+    def _expire(self) -> None:
+        now = self.clock()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, _, client, origin = heapq.heappop(self._expiry)
+            grant = self._clients.get(client, {}).get(origin)
+            if grant is not None and grant.expires <= now:
+                self._drop(client, origin)
+                self.expired += 1
+        if len(self._expiry) > 4 * self._count + 64:  # replaced grants leave stale heap entries
+            self._expiry = [(g.expires, i, c, o) for i, (c, o, g) in enumerate(
+                (c, o, g) for c, gs in self._clients.items() for o, g in gs.items())]
+            heapq.heapify(self._expiry)
+
+    def _drop(self, client: str, origin: Origin) -> None:
+        grants = self._clients[client]
+        del grants[origin]
+        self._count -= 1
+        if not grants:
+            del self._clients[client]
 
     def clear(self) -> None:
-        self._grants.clear()
+        self._clients.clear()
+        self._expiry.clear()
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._grants)
+        self._expire()
+        return self._count

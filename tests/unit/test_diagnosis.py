@@ -9,7 +9,7 @@ from urllib.parse import urljoin
 import pytest
 
 from credhop.diagnosis import CATALOGUE, KINDS, MAX_HOPS, diagnose, kind_of, parse_records
-from credhop.hoplog import scrub
+from credhop.scrub import scrub
 
 A = "https://redirector.example/simple/pkg/"
 B = "https://registry.example/pypi/simple/pkg/"

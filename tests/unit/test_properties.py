@@ -24,6 +24,7 @@ from mitmproxy.test import taddons, tflow
 
 from credhop.addon import REDIRECTS, CredHop
 from credhop.urls import LocationError, Origin, parse_location, parsers_disagree, redact_url, request_url
+from tests.unit.addon_helpers import sync
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BASES = (
@@ -331,9 +332,9 @@ def test_no_location_makes_a_hook_raise() -> None:
         @example(url="https://r.example/", status=302, locations=["https://a:b@h/" + "x" * 70000], headers=[])
         def run(url: str, status: int, locations: list[str], headers: list[tuple[str, str]]) -> None:
             f = redirect_flow(url, status, locations, headers)
-            addon.requestheaders(f)
-            addon.responseheaders(f)
-            addon.response(f)
+            sync(addon.requestheaders(f))
+            sync(addon.responseheaders(f))
+            sync(addon.response(f))
             for value in locations[:1]:
                 try:
                     target = ada_url.URL(value, url)
@@ -348,10 +349,10 @@ def test_no_location_makes_a_hook_raise() -> None:
                     g = follow_up(target.href, headers)
                 except ValueError:  # mitmproxy refuses the URL (host "~" ...): no client sends it
                     continue
-                addon.requestheaders(g)
+                sync(addon.requestheaders(g))
                 g.response = tflow.tresp(status_code=200)
-                addon.responseheaders(g)
-                addon.response(g)
+                sync(addon.responseheaders(g))
+                sync(addon.response(g))
 
         run()
 
@@ -365,7 +366,7 @@ def test_a_non_utf8_client_header_does_not_make_a_hook_raise() -> None:
         f = redirect_flow(
             "https://r.example/", 302, ["https://aws:tok@registry.example/"], [("Cookie", "n=caf\udce9")]
         )
-        addon.responseheaders(f)
+        sync(addon.responseheaders(f))
         assert f.response.headers["location"] == "https://registry.example/"
 
 
@@ -374,10 +375,10 @@ def test_a_repeated_leaked_header_does_not_make_a_hook_raise() -> None:
     with running_addon() as addon:
         own = [("Cookie", "session=abcdefgh"), ("Cookie", "session=abcdefgh")]
         f = redirect_flow("https://origin.example/x", 302, ["https://cdn.example/x"], own)
-        addon.requestheaders(f)
-        addon.responseheaders(f)
+        sync(addon.requestheaders(f))
+        sync(addon.responseheaders(f))
         g = follow_up("https://cdn.example/x", own)
-        addon.requestheaders(g)
+        sync(addon.requestheaders(g))
         assert "cookie" not in g.request.headers
 
 
@@ -387,9 +388,9 @@ def test_a_huge_credential_is_refused() -> None:
         f = redirect_flow(
             "https://r.example/", 302, ["https://aws:" + "x" * 65536 + "@registry.example/"], []
         )
-        addon.responseheaders(f)
+        sync(addon.responseheaders(f))
         g = follow_up("https://registry.example/", [])
-        addon.requestheaders(g)
+        sync(addon.requestheaders(g))
         assert "authorization" not in g.request.headers
 
 
@@ -397,7 +398,7 @@ def test_a_redirector_on_an_ipv6_literal_is_understood() -> None:
     # mitmproxy's Request.url writes IPv6 hosts bare (http://::1:8081/), which no parser reads back
     with running_addon() as addon:
         f = redirect_flow("http://[::1]:8081/simple/", 302, ["https://aws:tok@registry.example/"], [])
-        addon.responseheaders(f)
+        sync(addon.responseheaders(f))
         g = follow_up("https://registry.example/", [])
-        addon.requestheaders(g)
+        sync(addon.requestheaders(g))
         assert "authorization" in g.request.headers

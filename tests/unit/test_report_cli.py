@@ -146,7 +146,7 @@ def test_no_report_format_writes_a_secret_even_from_a_bad_log():
 @pytest.mark.parametrize("code", sorted(CASES))
 def test_reports_do_not_mangle_their_own_words(code, monkeypatch):
     # the last-line scrub must be a no-op on clean logs: our wording must never look like a secret
-    import credhop.hoplog
+    import credhop.scrub
     import credhop.html_report
     import credhop.report
 
@@ -156,7 +156,7 @@ def test_reports_do_not_mangle_their_own_words(code, monkeypatch):
                 render_html(chains)]
 
     scrubbed = everything()
-    for module in (credhop.report, credhop.html_report, credhop.hoplog):
+    for module in (credhop.report, credhop.html_report, credhop.scrub):
         monkeypatch.setattr(module, "scrub", lambda text: text)
     assert everything() == scrubbed
 

@@ -1,15 +1,20 @@
-"""Links a client's follow-up request to the 3xx that sent it there.
+"""Follow-ups a client owes: links a request to the 3xx that sent the client there.
 
 A chain is one client's walk through redirects: hop 0 is the first request,
-each 3xx expects a follow-up to its Location, which becomes the next hop.
+each 3xx expects a follow-up to its Location, which becomes the next hop. The
+addon awaits a `PendingFollowUps`; `MemoryPending` is the embedded default.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
+from typing import Protocol
 
+from .records import Action
+from .store import Clock
 from .urls import Origin
 
 
@@ -21,30 +26,42 @@ class ChainPosition:
     came_from: Origin | None = None
     sent: frozenset[str] = frozenset()  # fingerprints of secrets the previous request carried
     location_fp: str | None = None  # fingerprint of the credential the Location handed out
-    on_leak: str = "log"
+    on_leak: Action = Action.LOG
     retry: bool = False  # the same request again, after a 401 (pip retries with credentials)
 
 
-class ChainTracker:
-    """Pending follow-ups by (client, URL); one client may await the same URL in several chains."""
+def new_chain() -> ChainPosition:
+    return ChainPosition(secrets.token_hex(6), 0)
 
-    def __init__(self, max_pending: int = 10_000, ttl: float = 120.0) -> None:
-        self.max_pending = max_pending
-        self.ttl = ttl
+
+class PendingFollowUps(Protocol):
+    async def expect(self, client: str, url: str, position: ChainPosition) -> None:
+        """Remember that `client` should next request `url`, as hop `position`."""
+
+    async def follow(self, client: str, url: str) -> ChainPosition | None:
+        """The hop this request continues, if a 3xx sent this client here (oldest first); taken once."""
+
+    def awaits(self, client: str) -> bool:
+        """Cheap and synchronous: False only when nothing is pending for `client`."""
+
+    def __len__(self) -> int: ...
+
+
+class MemoryPending:
+    """Pending follow-ups by (client, URL); one client may await the same URL in several chains.
+    Entries share one TTL, so the least recently touched queue expires first."""
+
+    def __init__(self, max_pending: int = 10_000, ttl: float = 120.0, clock: Clock = time.time) -> None:
+        self.max_pending, self.ttl, self.clock = max_pending, ttl, clock
         self._pending: OrderedDict[tuple[str, str], deque[tuple[ChainPosition, float]]] = OrderedDict()
         self._per_client: Counter[str] = Counter()  # lets requests of other clients skip URL parsing
         self._count = 0
 
-    @staticmethod
-    def new_chain() -> ChainPosition:
-        return ChainPosition(secrets.token_hex(6), 0)
-
     def awaits(self, client: str) -> bool:
-        """Whether any follow-up of `client` is pending (cheap: no URL needed)."""
         return self._per_client[client] > 0
 
-    def expect(self, client: str, url: str, position: ChainPosition, now: float) -> None:
-        """Remember that `client` should next request `url`, as hop `position`."""
+    async def expect(self, client: str, url: str, position: ChainPosition) -> None:
+        now = self.clock()
         self._purge(now)
         key = (client, url)
         queue = self._pending.pop(key, None) or deque()
@@ -55,8 +72,8 @@ class ChainTracker:
         while self._count > self.max_pending:
             self._take(*next(iter(self._pending.items())))
 
-    def follow(self, client: str, url: str, now: float) -> ChainPosition | None:
-        """The hop this request continues, if a 3xx sent this client here (oldest first)."""
+    async def follow(self, client: str, url: str) -> ChainPosition | None:
+        now = self.clock()
         self._purge(now)
         key = (client, url)
         while key in self._pending:
@@ -77,12 +94,12 @@ class ChainTracker:
         return entry
 
     def _purge(self, now: float) -> None:
-        # entries share one TTL and queues move to the back when touched: the front expires first
         while self._pending:
             key, queue = next(iter(self._pending.items()))
             if queue[0][1] > now:
                 break
             self._take(key, queue)
 
-    def __bool__(self) -> bool:
-        return bool(self._pending)
+    def __len__(self) -> int:
+        self._purge(self.clock())
+        return self._count

@@ -1,0 +1,89 @@
+"""Scrubbing secrets out of text: URL userinfo, secret header values and bare auth-scheme tokens.
+
+Everything credhop writes passes through here once more on the way out, so a
+mistake upstream still cannot write a secret. The header names come from one
+place: the `credhop_secret_headers` option, through `Redactor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Iterable
+
+from .urls import redact_url
+
+# Watched whatever the option says. Proxy-Authorization too: without proxyauth, mitmproxy forwards
+# it to the origin server (urllib3 CVE-2024-37891 is that header following a cross-origin redirect).
+ALWAYS_SECRET = ("authorization", "proxy-authorization", "cookie")
+DEFAULT_SECRET_HEADERS = ("x-api-key", "private-token", "x-auth-token")
+# terminal control sequences and lone surrogates (undecodable bytes) a hostile server can plant
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+# a scheme word followed by its credential, anywhere
+_AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|digest|negotiate|ntlm)\s+[^\s'\",;)]{8,}")
+
+
+def secret_header_names(extra: Iterable[str] = DEFAULT_SECRET_HEADERS) -> frozenset[str]:
+    """The watched header names (lower case): the fixed ones plus `extra`. Raises ValueError on a bad name."""
+    names = [h.strip().lower() for h in extra if h.strip()]
+    bad = [h for h in names if not all(c.isalnum() or c in "-_" for c in h)]
+    if bad:
+        raise ValueError(f"invalid header name(s): {', '.join(bad)}")
+    return frozenset(ALWAYS_SECRET) | frozenset(names)
+
+
+class Redactor:
+    """Scrubs text for one set of secret header names."""
+
+    def __init__(self, header_names: Iterable[str] = secret_header_names()) -> None:
+        names = "|".join(sorted((re.escape(n) for n in set(header_names)), key=len, reverse=True))
+        # `Name: <anything>` as header lines or (name, value) reprs; not URL query parameters such
+        # as `?set-cookie=1`, which are no header
+        self._header = re.compile(
+            rf"(?i)(?<![\w?&=/.-])({names})(['\"]?\s*[:,]\s*b?['\"]?)([^'\"\r\n]+)"
+        )
+
+    def __call__(self, text: str) -> str:
+        text = redact_url(text)
+        text = self._header.sub(lambda m: f"{m[1]}{m[2]}***", text)
+        return _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", text)
+
+    def record(self, value: object) -> object:
+        """A JSON-ready value with every string in it scrubbed."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {k: self.record(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.record(v) for v in value]
+        return value
+
+
+scrub = Redactor()  # the default headers: for reports, which do not know the proxy's options
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal or a UTF-8 file: controls and lone surrogates escaped."""
+    return _UNPRINTABLE.sub(lambda m: ascii(m[0])[1:-1], text)
+
+
+class SecretFilter(logging.Filter):
+    """Scrubs every log record that passes a handler, mitmproxy's own lines included.
+
+    A client can put userinfo into its request line (uv 0.5.25 does through an
+    HTTP proxy), and mitmproxy logs such lines when it rejects them.
+    """
+
+    def __init__(self, redactor: Redactor = scrub) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        clean = self.redactor(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True

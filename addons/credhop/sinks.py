@@ -1,0 +1,219 @@
+"""Where hop records go: the hop-log file, the event log, the recent chains, the counters.
+
+The addon hands every record to each sink in turn (`Sinks.emit`); a new
+destination, such as metrics, is one more sink. No mitmproxy here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Protocol, TextIO
+
+from .diagnosis import Chain, diagnose
+from .records import SCHEMA, Action, Event, LeakRecord, Record, RedirectRecord, ResponseRecord
+from .scrub import Redactor, printable
+
+log = logging.getLogger("credhop")
+
+
+class Sink(Protocol):
+    def emit(self, record: Record) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Sinks:
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = list(sinks)
+
+    def emit(self, record: Record) -> None:
+        for sink in self.sinks:
+            sink.emit(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+class HopLogFile:
+    """Append-only JSON Lines file, created owner-read/write only."""
+
+    def __init__(self, path: str | Path, redactor: Redactor) -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file: TextIO = os.fdopen(fd, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+        self.redactor = redactor
+
+    def emit(self, record: Record) -> None:
+        line = json.dumps({"v": SCHEMA, **self.redactor.record(record.as_dict())}, separators=(",", ":"))  # type: ignore[dict-item]
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def level_of(record: Record) -> int:
+    """How loud a record is in the event log: problems warn, credential hops inform, the rest is debug."""
+    if isinstance(record, LeakRecord) or record.event is Event.ERROR:
+        return logging.WARNING
+    if isinstance(record, RedirectRecord):
+        if record.action is Action.NONE:
+            return logging.WARNING if record.why else logging.DEBUG
+        return logging.INFO
+    if isinstance(record, ResponseRecord):
+        return logging.DEBUG
+    return logging.INFO
+
+
+def event_line(record: dict[str, Any]) -> str:
+    """One readable line for mitmproxy's event log (unscrubbed: the caller scrubs)."""
+    chain = f"[{record.get('chain', '-')}#{record.get('hop', 0)}]"
+    event = record["event"]
+    if event == Event.INJECT:
+        what = f"{record['header']} added to {record['method']} {record['url']}"
+    elif event == Event.LEAK:
+        what = (f"client re-sent {record['header']} from {record['came_from']} to {record['target']}"
+                f" ({record['kind']})")
+    elif event == Event.REDIRECT:
+        what = f"{record.get('status')} {record.get('url')} -> {record.get('location')}"
+    else:  # response, error
+        what = f"{record['method']} {record['url']} -> {record.get('status', 'no response')}"
+    cred = ""
+    if record.get("fingerprint"):
+        cred = f" credential user={record.get('user') or '(token)'} fp={record['fingerprint']}"
+    how = f" rule={record['rule']}" if record.get("rule") else ""
+    action = f" action={record['action']}" if record.get("action") else ""
+    reason = f" ({record['reason']})" if record.get("reason") else ""
+    return printable(f"credhop {chain} {record.get('client', '?')} {event}: {what}{how}{action}{reason}{cred}")
+
+
+class EventLog:
+    """mitmproxy's event log, through stdlib logging."""
+
+    def __init__(self, redactor: Redactor, logger: logging.Logger = log) -> None:
+        self._redactor = redactor
+        self._log = logger
+
+    def emit(self, record: Record) -> None:
+        level = level_of(record)
+        if self._log.isEnabledFor(level):
+            self._log.log(level, "%s", self._redactor(event_line(record.as_dict())))
+
+    def close(self) -> None:
+        pass
+
+
+class RecentChains:
+    """The last chains' records, for `credhop.report`; each chain is diagnosed once, when it ends,
+    and a chain that ended badly gets one warning line."""
+
+    def __init__(self, on_failed: Callable[[Chain], None], max_chains: int = 1_000,
+                 max_records: int = 200) -> None:
+        self.on_failed = on_failed
+        self.max_chains, self.max_records = max_chains, max_records
+        self._chains: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._failed: set[str] = set()
+        self.diagnosed = 0  # how often a chain was diagnosed: the cost this class keeps low
+
+    def emit(self, record: Record) -> None:
+        data = record.as_dict()
+        records = self._chains.get(record.chain)
+        if records is None:
+            records = self._chains[record.chain] = []
+            while len(self._chains) > self.max_chains:
+                chain, _ = self._chains.popitem(last=False)
+                self._failed.discard(chain)
+        if len(records) < self.max_records:
+            records.append(data)
+        if self._ends(record):
+            self._judge(record.chain)
+
+    @staticmethod
+    def _ends(record: Record) -> bool:
+        """A follow-up's final answer ends its chain; a later download only when it fails.
+        A 401 is not the end: clients such as pip ask again, with credentials."""
+        if record.event is Event.ERROR:
+            return record.hop > 0
+        if not isinstance(record, ResponseRecord):
+            return False
+        if record.reuse:
+            return record.status >= 400
+        return record.status != 401 or record.retry
+
+    def _judge(self, chain_id: str) -> None:
+        if chain_id in self._failed:
+            return
+        self.diagnosed += 1
+        chains = diagnose(self._chains[chain_id])
+        if chains and chains[0].verdict == "failed":
+            self._failed.add(chain_id)
+            self.on_failed(chains[0])
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r for records in self._chains.values() for r in records]
+
+    def close(self) -> None:
+        pass
+
+
+# Every counter credhop keeps, declared, so a dashboard (and a typo) knows the full set.
+COUNTERS = (
+    "redirects", "location_userinfo", "location_missing", "location_several", "location_unparseable",
+    "action_inject", "action_strip", "action_keep", "action_block", "inject_refused", "store_errors",
+    "injected", "inject_skipped_client_header", "inject_skipped_other_credential",
+    "leak_detected", "leak_stripped", "body_scrubbed", "chains_failed",
+    "rules_loaded", "rules_reload_failed", "internal_errors",
+)
+_WHY_COUNTERS = {"location-missing": "location_missing", "location-several": "location_several",
+                 "location-unparseable": "location_unparseable"}
+
+
+class Counters:
+    """Counts of every decision since start, derived from the records plus a few the addon adds."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, name: str, n: int = 1) -> None:
+        if name not in COUNTERS:
+            raise KeyError(f"undeclared counter {name!r}")
+        self.counts[name] += n
+
+    def emit(self, record: Record) -> None:
+        if isinstance(record, RedirectRecord):
+            self.add("redirects")
+            if record.fingerprint:
+                self.add("location_userinfo")
+                self.add(f"action_{record.action}")
+            if record.why in _WHY_COUNTERS:
+                self.add(_WHY_COUNTERS[record.why])
+            elif record.why and record.fingerprint and record.action is Action.KEEP and record.rule:
+                self.add("inject_refused")
+        elif record.event is Event.INJECT:
+            if record.action is Action.INJECT:  # type: ignore[attr-defined]
+                self.add("injected")
+            else:
+                self.add(f"inject_skipped_{str(record.why).replace('-', '_')}")  # type: ignore[attr-defined]
+        elif isinstance(record, LeakRecord):
+            self.add("leak_detected")
+            if record.action is Action.STRIP:
+                self.add("leak_stripped")
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts[name]
+
+    def line(self, held: int) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()) if v) or "nothing seen"
+        return f"{counts}; credentials held={held}"
+
+    def close(self) -> None:
+        pass

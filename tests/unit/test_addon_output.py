@@ -1,0 +1,151 @@
+"""What the addon writes: hop-log records, event-log lines, counters, reports; never a secret."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import tflow
+
+from credhop.scrub import SecretFilter
+from tests.secrets_check import assert_no_leak
+from tests.unit.addon_helpers import (  # noqa: F401  (hop is a fixture)
+    CLIENT, ENCODED, FORMS, TOKEN, basic, follow, hop, redirect, run_redirect, send,
+)
+
+
+def test_hop_log_links_the_follow_up_to_its_redirect(hop):
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/simple/pkg/")
+    g = send(hop, "https://registry.example/simple/pkg/")
+    g.response = tflow.tresp(status_code=200)
+    hop.response(g)
+    redirect_rec, inject_rec, response_rec = hop.records()
+    assert redirect_rec["event"] == "redirect" and redirect_rec["hop"] == 0
+    assert redirect_rec["location"] == "https://aws:***@registry.example/simple/pkg/"
+    assert redirect_rec["target"] == "https://registry.example"
+    assert (redirect_rec["rule"], redirect_rec["action"], redirect_rec["user"]) == ("registry", "inject", "aws")
+    assert redirect_rec["fingerprint"].startswith("hm:")
+    assert inject_rec["event"] == "inject" and inject_rec["chain"] == redirect_rec["chain"] and inject_rec["hop"] == 1
+    assert inject_rec["fingerprint"] == redirect_rec["fingerprint"]
+    assert response_rec == {**response_rec, "event": "response", "status": 200, "hop": 1, "chain": redirect_rec["chain"]}
+    assert stat.S_IMODE(os.stat(hop.log).st_mode) == 0o600
+
+
+def test_stats_count_every_decision(hop):
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
+    run_redirect(hop, f"https://aws:{ENCODED}@strip.example/s/")
+    run_redirect(hop, "https://no-credential.example/")
+    send(hop, "https://registry.example/s/")
+    line = hop.addon.stats_line()
+    for part in ("action_inject=1", "action_strip=1", "injected=1", "location_userinfo=2", "redirects=3", "credentials held=1"):
+        assert part in line
+
+
+def test_no_secret_in_any_output(hop, caplog):
+    with caplog.at_level(logging.DEBUG, logger="credhop"):
+        flows = [run_redirect(hop, f"https://aws:{ENCODED}@{h}/s/") for h in
+                 ("registry.example", "strip.example", "blocked.example", "gitlab.example", "plain.example")]
+        flows.append(send(hop, "https://registry.example/s/"))
+        hop.addon.done()
+    text = hop.log.read_text() + caplog.text + "".join(f.comment for f in flows) + hop.addon.stats_line()
+    assert "credhop" in caplog.text and hop.log.read_text()
+    assert_no_leak(text, FORMS, "hop log, event log, comments, stats")
+
+
+def test_secret_filter_scrubs_foreign_log_lines():
+    record = logging.LogRecord("mitmproxy.proxy", logging.WARNING, __file__, 1,
+                               "Invalid request: GET http://aws:%s@registry.example/ HTTP/1.1 (%s)",
+                               (ENCODED, "Authorization: Basic YXdzOnNlY3JldA=="), None)
+    SecretFilter().filter(record)
+    message = record.getMessage()
+    assert ENCODED not in message and "YXdzOnNlY3JldA" not in message
+    assert "http://aws:***@registry.example/" in message
+
+
+def test_hop_log_says_what_each_request_carried(hop):
+    f = redirect("https://next.example/", url="https://origin.example/")
+    f.request.headers["Authorization"] = "Bearer abcdefgh"
+    hop.responseheaders(f)
+    sent = hop.records()[0]["sent"]
+    assert sent == [{"header": "authorization", "scheme": "Bearer", "fingerprint": sent[0]["fingerprint"], "injected": False}]
+    assert sent[0]["fingerprint"].startswith("hm:")
+
+
+def test_flows_stay_serialisable_for_mitmdump_w(hop):
+    import io
+
+    from mitmproxy import io as mio
+
+    f = run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
+    g = send(hop, "https://registry.example/s/")
+    buf = io.BytesIO()
+    mio.FlowWriter(buf).add(f)
+    mio.FlowWriter(buf).add(g)
+    assert g.metadata["credhop"] == {"chain": f.metadata["credhop"]["chain"], "hop": 1}
+
+
+def test_follow_up_errors_are_logged(hop):
+    from mitmproxy import flow as mflow
+
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
+    g = send(hop, "https://registry.example/s/")
+    g.error = mflow.Error("connection refused")
+    hop.error(g)
+    assert hop.records()[-1] == {**hop.records()[-1], "event": "error", "reason": "connection refused", "hop": 1}
+
+
+def test_event_log_lines_for_every_event(hop, caplog):
+    from mitmproxy import flow as mflow
+
+    with caplog.at_level(logging.DEBUG, logger="credhop"):
+        first = redirect(f"https://aws:{ENCODED}@registry.example/s/", url="https://origin.example/")
+        first.request.headers["Cookie"] = "session=abcdef"
+        hop.responseheaders(first)
+        g = send(hop, "https://registry.example/s/", headers=[("Cookie", "session=abcdef")])
+        g.response = tflow.tresp(status_code=404)
+        hop.response(g)
+        run_redirect(hop, f"https://aws:{ENCODED}@registry.example/t/")
+        e = send(hop, "https://registry.example/t/")
+        e.error = mflow.Error("connection refused")
+        hop.error(e)
+    lines = [r.getMessage() for r in caplog.records if r.name == "credhop"]
+    assert any(" redirect: 302 https://origin.example/ -> https://aws:***@registry.example/s/" in x for x in lines)
+    assert any(" leak: client re-sent cookie from https://origin.example to https://registry.example (other-host)" in x for x in lines)
+    assert any(" inject: Authorization added to GET https://registry.example/s/" in x for x in lines)
+    assert any(" response: GET https://registry.example/s/ -> 404" in x for x in lines)
+    assert any(" error: GET https://registry.example/t/ -> no response (connection refused)" in x for x in lines)
+
+
+def test_bare_token_in_authorization_is_not_logged_as_a_scheme(hop):
+    f = redirect("https://next.example/", url="https://origin.example/")
+    f.request.headers["Authorization"] = "ghp_MyPersonalAccessToken123"
+    hop.responseheaders(f)
+    assert hop.records()[0]["sent"][0]["scheme"] is None
+    assert "ghp_" not in hop.log.read_text()
+
+
+def test_scrub_masks_header_values_in_foreign_log_lines():
+    from credhop.scrub import scrub
+
+    for line in ["Authorization: Bearer t:k@/%n-SECRET", "headers=[(b'authorization', b'ghp_MyToken12345')]",
+                 "PRIVATE-TOKEN: glpat-abcdefghijkl", "Proxy-Authorization: Negotiate YIIabcdefgh=="]:
+        cleaned = scrub(line)
+        assert not any(s in cleaned for s in ("SECRET", "ghp_", "glpat", "YIIabc")), cleaned
+
+
+def test_report_command_and_one_warning_when_a_chain_ends_badly(hop, caplog):
+    hop.tctx.configure(hop.addon, credhop_observe=True)
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/simple/pkg/")
+    lost = send(hop, "https://registry.example/simple/pkg/")
+    lost.response = tflow.tresp(status_code=404)
+    with caplog.at_level(logging.WARNING, logger="credhop"):
+        hop.response(lost)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "CH101" in warnings[0]
+    report = hop.addon.report()
+    assert report.splitlines()[0].startswith("✗ FAILED chain") and "credential-lost-on-redirect" in report.splitlines()[0]
+    assert_no_leak(report + "".join(warnings), FORMS, "credhop.report and the warning")
+    assert hop.addon.counters["chains_failed"] == 1

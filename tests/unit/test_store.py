@@ -1,0 +1,83 @@
+"""The in-memory credential store: exact binding, real expiry, atomic swap refusal, fair bounds."""
+
+from __future__ import annotations
+
+import asyncio
+
+from credhop.records import Why
+from credhop.store import Grant, MemoryStore
+from credhop.urls import Origin
+from tests.unit.addon_helpers import Clock
+
+A = Origin("https", "a.example", 443)
+REDIRECTOR = Origin("https", "redirector.example", 443)
+
+
+def grant(client="10.0.0.1", origin=A, expires=100.0, issuer=REDIRECTOR, fingerprint="hm:1") -> Grant:
+    return Grant(client, origin, issuer, "Authorization", "Basic xyz", "r", "u", fingerprint, expires, False, "c", 1)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_grant_repr_hides_the_value():
+    assert "Basic xyz" not in repr(grant())
+
+
+def test_store_binds_to_client_and_exact_origin_until_expiry():
+    clock = Clock(50)
+    store = MemoryStore(clock=clock)
+    assert run(store.grant(grant())) is None
+    assert run(store.get("10.0.0.1", A)) is not None
+    assert run(store.get("10.0.0.2", A)) is None
+    assert run(store.get("10.0.0.1", Origin("http", "a.example", 443))) is None
+    assert run(store.get("10.0.0.1", Origin("https", "a.example", 8443))) is None
+    assert run(store.get("10.0.0.1", Origin("https", "b.a.example", 443))) is None
+    clock.now = 100
+    assert run(store.get("10.0.0.1", A)) is None  # expired, and dropped
+    assert len(store) == 0
+
+
+def test_expired_grants_leave_the_count_without_being_looked_up():
+    # issue 12, defect 5: the count (and with it the hot path's "anything held?") never went down
+    clock = Clock(0)
+    store = MemoryStore(clock=clock)
+    for i in range(50):
+        run(store.grant(grant(client=f"10.0.0.{i}", expires=10 + i)))
+    assert len(store) == 50 and store.may_hold("10.0.0.49")
+    clock.now = 30
+    assert len(store) == 29 and not store.may_hold("10.0.0.0") and store.may_hold("10.0.0.49")
+    clock.now = 60
+    assert len(store) == 0 and not store.may_hold("10.0.0.49") and store.expired == 50
+
+
+def test_a_replaced_grant_expires_on_its_own_time():
+    clock = Clock(0)
+    store = MemoryStore(clock=clock)
+    run(store.grant(grant(expires=10)))
+    run(store.grant(grant(expires=100)))  # the same redirector hands out a fresh one
+    clock.now = 50
+    assert run(store.get("10.0.0.1", A)).expires == 100 and len(store) == 1
+
+
+def test_another_issuer_cannot_swap_a_live_credential_but_the_same_one_can_renew():
+    store = MemoryStore(clock=Clock(0))
+    run(store.grant(grant()))
+    refusal = run(store.grant(grant(issuer=Origin("https", "evil.example", 443), fingerprint="hm:evil")))
+    assert refusal and refusal.why is Why.SWAP_REFUSED and "redirector.example" in refusal.reason
+    assert run(store.get("10.0.0.1", A)).fingerprint == "hm:1"
+    assert run(store.grant(grant(fingerprint="hm:2"))) is None  # same issuer: a fresh token
+    assert run(store.grant(grant(issuer=Origin("https", "mirror.example", 443), fingerprint="hm:2"))) is None
+
+
+def test_store_is_bounded_and_the_fullest_client_pays():
+    store = MemoryStore(max_entries=4, max_per_client=3, clock=Clock(0))
+    run(store.grant(grant(client="victim")))
+    for i in range(100):  # a client flooding the proxy with userinfo redirects
+        run(store.grant(grant(client="attacker", origin=Origin("https", f"h{i}.example", 443))))
+    assert len(store) == 4 and store.evicted == 97
+    assert run(store.get("victim", A)) is not None
+    # the victim's grant still refuses the attacker's credential for the victim's registry
+    refusal = run(store.grant(grant(client="victim", issuer=Origin("https", "x.example", 443), fingerprint="hm:x")))
+    assert refusal is not None
