@@ -54,7 +54,7 @@ fixture: deps
 # -- test set-up ----------------------------------------------------------------
 
 system-deps:
-	@missing=""; for pair in curl:curl git:git chromium:chromium; do \
+	@missing=""; for pair in curl:curl git:git chromium:chromium nginx:nginx; do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
