@@ -198,3 +198,15 @@ def test_what_browsers_and_careful_clients_resend_is_not_a_leak(hop, header, val
     g = send(hop, target, headers=[(header, value)])
     assert not [r for r in hop.records() if r["event"] == "leak"]
     assert g.request.headers[header] == value
+
+
+@pytest.mark.parametrize(("host", "name"), [("registry.example", "Authorization"), ("gitlab.example", "PRIVATE-TOKEN")])
+@pytest.mark.parametrize("http_version", ["HTTP/1.1", "HTTP/2.0"])
+def test_injected_header_name_is_lower_case_on_http2(hop, host, name, http_version):
+    # RFC 9113 8.2.1: with a capital, mitmproxy lowercases it itself and warns on every h2 request
+    run_redirect(hop, f"https://aws:{ENCODED}@{host}/s/")
+    f = follow(f"https://{host}/s/")
+    f.request.http_version = http_version
+    hop.requestheaders(f)
+    names = [k for k, _ in f.request.headers.fields if k.lower() == name.lower().encode()]
+    assert names == [name.encode() if http_version == "HTTP/1.1" else name.lower().encode()]
