@@ -143,7 +143,8 @@ class CredHop:
                 options._parse_setval(options._options[name], values)
             except exceptions.OptionsError as e:
                 shown = self.redactor(" ".join(values))
-                self._fail(master, f"{name}={shown!r}: {e}")
+                why = str(e).removeprefix(f"Failed to parse option {name}: ")
+                self._fail(master, f"{name}={shown!r}: {why}")
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -174,7 +175,7 @@ class CredHop:
             try:
                 rules = self._read_rules(opts.credhop_rules)
             except RulesError as e:
-                raise exceptions.OptionsError(f"credhop: {e}") from None
+                raise exceptions.OptionsError(f"credhop_rules: {e}") from None
         fingerprint = self.fingerprint
         if "credhop_fingerprint_key" in updated or fingerprint is None:
             fingerprint = Fingerprinter(self._fingerprint_key(opts.credhop_fingerprint_key))

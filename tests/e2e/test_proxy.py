@@ -58,10 +58,21 @@ def test_rules_reload_while_running_and_broken_edit_keeps_previous(registry_fact
     assert_no_leak(proxy.output, forms, "mitmdump output")
 
 
-def test_mistyped_option_stops_the_proxy_with_a_hint(tmp_path, pki):
-    proxy = Mitmdump(tmp_path, pki.ca_cert, options={"credhop_tll": "5"})
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [("credhop_tll", "5", "unknown option 'credhop_tll' (did you mean 'credhop_ttl'?)"),
+     # values mitmproxy cannot parse: before, the script failed to load without a word (issue 12, defect 3)
+     ("credhop_ttl", "abc", "credhop_ttl='abc'"), ("credhop_observe", "maybe", "credhop_observe='maybe'"),
+     ("credhop_max_credentials", "x", "credhop_max_credentials='x'"),
+     ("credhop_ttl", "0", "credhop_ttl must be 1..604800 seconds, not 0"),
+     ("credhop_secret_headers", "bad header", "invalid header name(s): bad header")],
+)
+def test_an_unusable_option_stops_the_proxy_with_one_line(tmp_path, pki, option, value, says):
+    proxy = Mitmdump(tmp_path, pki.ca_cert, options={option: value})
     assert proxy.run_expecting_failure() != 0
-    assert "unknown option 'credhop_tll' (did you mean 'credhop_ttl'?)" in proxy.output
+    lines = [line for line in proxy.output.splitlines() if line.strip() and "Loading script" not in line]
+    assert lines == [f"credhop: {lines[0].removeprefix('credhop: ')}"] and says in lines[0], proxy.output
+    assert "Traceback" not in proxy.output and "listening" not in proxy.output
 
 
 def test_broken_rules_file_at_start_names_file_line_column(tmp_path, pki):
@@ -70,6 +81,7 @@ def test_broken_rules_file_at_start_names_file_line_column(tmp_path, pki):
     proxy = Mitmdump(tmp_path, pki.ca_cert, rules=rules)
     assert proxy.run_expecting_failure() != 0
     assert f"{rules}:4:13: rules[0].match.clinet: unknown key (did you mean 'client'?)" in proxy.output
+    assert "Traceback" not in proxy.output and "listening" not in proxy.output
 
 
 def test_observe_mode_changes_nothing_and_logs_the_decision(registry_factory, tmp_path):

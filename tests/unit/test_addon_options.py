@@ -59,3 +59,38 @@ def test_max_credentials_bounds_the_store(hop):
 def test_bad_secret_header_names_are_refused(hop):
     with pytest.raises(exceptions.OptionsError, match="invalid header name"):
         hop.tctx.configure(hop.addon, credhop_secret_headers="X-Ok, bad header")
+
+
+def test_a_refused_update_changes_nothing_not_even_the_valid_part(hop, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rules:\n  - name: x\n    action: teleport\n")
+    with pytest.raises(exceptions.OptionsError, match="unknown action"):
+        hop.tctx.configure(hop.addon, credhop_ttl=5, credhop_observe=True, credhop_rules=str(broken))
+    assert hop.addon.ttl == 600 and hop.addon.observe is False and len(hop.addon.rules.rules) == 8
+
+
+def test_empty_rules_load_with_a_warning(hop, caplog):
+    hop.rules.write_text("rules: []\n")
+    with caplog.at_level(logging.WARNING, logger="credhop"):
+        hop.addon.reload()
+    assert hop.addon.rules.rules == ()
+    assert "'rules' is empty: no credential will be injected" in caplog.text
+
+
+def test_secret_headers_from_the_option_are_scrubbed_everywhere(hop, caplog):
+    # issue 12, defect 4: the option's headers were watched for leaks but not scrubbed from log lines
+    from credhop.scrub import SecretFilter
+
+    hop.tctx.configure(hop.addon, credhop_secret_headers="X-JFrog-Art-Api")
+    record = logging.LogRecord("mitmproxy.proxy", logging.WARNING, __file__, 1,
+                               "headers: X-JFrog-Art-Api: AKCp8jfrogsecretvalue", None, None)
+    assert isinstance(hop.addon.filter, SecretFilter)
+    hop.addon.filter.filter(record)
+    assert "AKCp8jfrog" not in record.getMessage() and "X-JFrog-Art-Api: ***" in record.getMessage()
+    first = redirect("https://cdn.example/x", url="https://origin.example/x")
+    first.request.headers["X-JFrog-Art-Api"] = "AKCp8jfrogsecretvalue"
+    hop.requestheaders(first)
+    hop.responseheaders(first)
+    send(hop, "https://cdn.example/x", headers=[("X-JFrog-Art-Api", "AKCp8jfrogsecretvalue")])
+    assert [r["header"] for r in hop.records() if r["event"] == "leak"] == ["x-jfrog-art-api"]
+    assert "AKCp8jfrog" not in hop.log.read_text() + caplog.text

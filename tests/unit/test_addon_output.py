@@ -149,3 +149,20 @@ def test_report_command_and_one_warning_when_a_chain_ends_badly(hop, caplog):
     assert report.splitlines()[0].startswith("✗ FAILED chain") and "credential-lost-on-redirect" in report.splitlines()[0]
     assert_no_leak(report + "".join(warnings), FORMS, "credhop.report and the warning")
     assert hop.addon.counters["chains_failed"] == 1
+
+
+def test_a_chain_is_diagnosed_once_not_on_every_download(hop):
+    # issue 12, defect 6: every same-origin download re-ran the diagnosis over the whole chain
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/simple/pkg/")
+    page = send(hop, "https://registry.example/simple/pkg/")
+    page.response = tflow.tresp(status_code=200)
+    hop.response(page)
+    for i in range(19):
+        wheel = send(hop, f"https://registry.example/files/pkg-{i}.whl")
+        wheel.response = tflow.tresp(status_code=200)
+        hop.response(wheel)
+    assert hop.addon.recent.diagnosed == 1
+    failed = send(hop, "https://registry.example/files/broken.whl")
+    failed.response = tflow.tresp(status_code=403)
+    hop.response(failed)  # a failing download can still fail the chain
+    assert hop.addon.recent.diagnosed == 2 and hop.addon.counters["chains_failed"] == 1
