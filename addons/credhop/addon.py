@@ -24,7 +24,7 @@ from typing import Any, Awaitable, NoReturn, TypeVar
 
 from mitmproxy import command, ctx, exceptions, http
 
-from .bodies import Replacer, Scrubber, userinfo_replacements
+from .bodies import Decoded, Replacer, Scrubber, decoder, readable, userinfo_replacements
 from .credentials import Fingerprinter, credential_from_header
 from .decide import REDIRECTS, FollowUp, Redirect, RedirectDecision, decide_follow_up, decide_redirect, next_position
 from .diagnosis import Chain, diagnose
@@ -33,7 +33,7 @@ from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
 from .records import Action, ErrorRecord, InjectRecord, LeakRecord, Record, RedirectRecord, ResponseRecord, Why
 from .report import render_text, summary_line
 from .rules import MAX_TTL, RuleSet, RulesError, load_rules
-from .scrub import DEFAULT_SECRET_HEADERS, Redactor, SecretFilter, secret_header_names
+from .scrub import DEFAULT_SECRET_HEADERS, Redactor, SecretFilter, printable, secret_header_names
 from .sinks import Counters, EventLog, HopLogFile, RecentChains, Sinks
 from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable
 from .urls import Origin, normalize_url, redact_loose, redact_url, request_url
@@ -186,6 +186,7 @@ class CredHop:
         if "credhop_max_credentials" in updated:
             self.store = MemoryStore(opts.credhop_max_credentials, clock=self.clock)
         if redactor is not self.redactor:
+            redactor.remember(self.redactor.known())
             self.redactor = self.filter.redactor = redactor
             self.event_log = EventLog(redactor)
         if hoplog is not self.hoplog and self.hoplog:
@@ -278,19 +279,22 @@ class CredHop:
     async def _follow_up(self, flow: http.HTTPFlow, client: str, awaited: bool) -> None:
         request = flow.request
         origin = _origin(request)
-        position = None
+        position = watch = None
         if awaited:
             position = await self._ask(self.pending.follow(client, normalize_url(_url(request))), None)
+            if position is None:
+                watch = await self._ask(self.pending.watching(client, origin), None)
         held = await self._ask(self.store.get(client, origin), None) if self.store.may_hold(client) else None
-        if position is None and held is None:
+        if position is None and held is None and watch is None:
             return
         state = self._state(flow)
         if position:
             self._place(flow, position)
         decision = decide_follow_up(FollowUp(origin, self._sent(flow, state),
-                                             frozenset(k.lower() for k in request.headers), position, held))
+                                             frozenset(k.lower() for k in request.headers), position, held, watch))
         if decision.leaks:
-            assert position is not None
+            assert decision.leak_at is not None
+            position = position or self._place(flow, decision.leak_at)
             action = Action.LOG if self.observe else decision.leak_action
             for leak in decision.leaks:
                 if action is Action.STRIP:
@@ -341,6 +345,8 @@ class CredHop:
                                       Refusal(Why.STORE_UNAVAILABLE, "the credential store did not answer"))
             if refusal:
                 decision = decision.refused(refusal)
+        if decision.location and decision.location.credential:
+            self.redactor.remember(decision.location.credential.secret_forms())
         sent = self._sent(flow, state)
         self._emit(self._redirect_record(flow, position, decision, sent))
         if decision.fingerprint:
@@ -350,7 +356,7 @@ class CredHop:
         if not self.observe:
             self._apply(flow, state, decision, streamed)
         if decision.location:
-            await self._ask(self.pending.expect(client, decision.location.url,
+            await self._ask(self.pending.expect(client, normalize_url(decision.location.url), decision.location.origin,
                                                 next_position(redirect, position, decision, sent, state.stripped)),
                             None)
 
@@ -369,11 +375,11 @@ class CredHop:
                     self._finish_body(flow, state)
         elif decision.action is Action.BLOCK and location and decision.rule:
             assert location.credential is not None
-            message = (
+            message = self.redactor(printable(one_line=True, text=
                 f"credhop: rule {decision.rule.name!r} blocked a {response.status_code} redirect from "
                 f"{redact_url(_url(flow.request))} to {location.redacted} "
-                f"(credential user={location.credential.display_user or '(token)'} {decision.fingerprint}).\n"
-            ).encode()
+                f"(credential user={location.credential.display_user or '(token)'} {decision.fingerprint}).")
+            ).encode() + b"\n"
             response.status_code, response.reason = 403, "Forbidden"
             response.headers = http.Headers(content_type="text/plain; charset=utf-8",
                                             content_length=str(len(message)))
@@ -391,7 +397,15 @@ class CredHop:
             response.content = body.body
             body.done = True
         elif isinstance(body, Scrubber) and response.raw_content:
-            response.content = body.scrub(response.get_content(strict=False) or b"")
+            try:
+                if not readable(response.headers.get("content-encoding", "")):
+                    raise ValueError("unknown content-encoding")  # mitmproxy would pass it as is
+                response.content = body.scrub(response.get_content(strict=True) or b"")
+            except ValueError:  # an encoding credhop cannot read: drop the body rather than pass it
+                response.headers.pop("content-encoding", None)
+                response.raw_content = b""
+                if "content-length" in response.headers:
+                    response.headers["content-length"] = "0"
         if body is not None and getattr(body, "removed", 0):
             self.counters.add("body_scrubbed")
             body.removed = 0  # type: ignore[union-attr]
@@ -409,7 +423,7 @@ class CredHop:
         if response.status_code == 401 and not state.reuse and not position.retry:
             # clients such as pip ask again, with credentials: that request continues this hop
             await self._ask(self.pending.expect(_client(flow), normalize_url(_url(flow.request)),
-                                                replace(position, retry=True)), None)
+                                                _origin(flow.request), replace(position, retry=True)), None)
 
     async def _ask(self, call: Awaitable[T], fallback: T) -> T:
         """A store call with its own deadline: a slow or broken store never stalls the flow, and
@@ -570,6 +584,7 @@ def _exit_at_start(message: str) -> NoReturn:
 
 
 def _mark(flow: http.HTTPFlow, comment: str) -> None:
+    comment = printable(comment, one_line=True)  # user names and hosts come from the network
     flow.marked = MARKER
     flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
 
@@ -598,7 +613,13 @@ def _rewrite_body(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
     response.headers.pop("content-length", None)
     if client_version == "HTTP/1.1":
         response.headers["transfer-encoding"] = "chunked"
-    response.stream = rewriter
+    encoding = response.headers.pop("content-encoding", "").strip().lower()
+    if readable(encoding) and decoder(encoding) is None:  # identity
+        response.stream = rewriter
+        return
+    # compressed: the scrubber must see plain bytes; what credhop cannot decode is not passed on
+    decompress = decoder(encoding)
+    response.stream = Decoded(decompress, rewriter) if decompress else Replacer(b"")
 
 
 def _client(flow: http.HTTPFlow) -> str:

@@ -8,6 +8,8 @@ the body or streams it (`stream_large_bodies` can switch mid-body).
 from __future__ import annotations
 
 import html
+import zlib
+from typing import Any, Callable
 
 
 class Scrubber:
@@ -61,3 +63,80 @@ def userinfo_replacements(userinfo: str) -> dict[bytes, bytes]:
         for text in spellings  # as written, and HTML-escaped the ways Go, Werkzeug and Python do
         for prefix in (b"//", b"\\\\", b"/\\", b"\\/")
     }
+
+
+MAX_DECODED = 8 << 20  # a 3xx body larger than this once decoded is cut, not decoded further
+
+
+class Decoded:
+    """Decodes a compressed body as it streams and hands the plain bytes to `inner` (a `Scrubber`),
+    so userinfo inside a gzip/deflate/br/zstd body is found; the client gets the body unencoded.
+    Undecodable data ends the body there: better cut than passing a credential through."""
+
+    def __init__(self, decompress: Callable[[bytes], bytes], inner: Scrubber) -> None:
+        self.decompress, self.inner = decompress, inner
+        self.size = 0
+        self.failed = False
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        if not chunk:
+            return self.inner(b"")
+        if self.failed:
+            return []
+        try:
+            data = self.decompress(chunk)
+        except Exception:  # zlib.error, brotli.error, zstd.ZstdError: all mean "not what it says"
+            self.failed = True
+            return []
+        self.size += len(data)
+        if self.size > MAX_DECODED:
+            self.failed = True
+            return []
+        return self.inner(data) if data else []
+
+
+def readable(encoding: str) -> bool:
+    """Whether credhop can see the plain bytes of a body in this `Content-Encoding`."""
+    return encoding.strip().lower() in ("", "identity") or decoder(encoding) is not None
+
+
+def decoder(encoding: str) -> Callable[[bytes], bytes] | None:
+    """A streaming decompressor for one `Content-Encoding`, or None when credhop cannot read it."""
+    encoding = encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
+    if encoding == "deflate":  # zlib-wrapped, as RFC 9110 says; raw deflate as some servers send it
+        return _Deflate().decompress
+    if encoding == "br":
+        import brotli
+
+        return brotli.Decompressor().process
+    if encoding == "zstd":
+        return _zstd()
+    return None
+
+
+def _zstd() -> Callable[[bytes], bytes] | None:
+    """Whichever zstd binding this mitmproxy brought: Python 3.14's, its backport, or zstandard."""
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from backports import zstd  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            try:
+                import zstandard
+            except ImportError:
+                return None
+            return zstandard.ZstdDecompressor().decompressobj().decompress  # type: ignore[no-any-return]
+    return zstd.ZstdDecompressor().decompress  # type: ignore[no-any-return]
+
+
+class _Deflate:
+    def __init__(self) -> None:
+        self._d: Any = None
+
+    def decompress(self, chunk: bytes) -> bytes:
+        if self._d is None:
+            self._d = zlib.decompressobj(zlib.MAX_WBITS if chunk[:1] == b"\x78" else -zlib.MAX_WBITS)
+        return self._d.decompress(chunk)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import string
+import urllib.parse
 from dataclasses import dataclass, field
 
 # The auth schemes worth naming in a log; anything else is reported as no scheme,
@@ -19,8 +20,30 @@ AUTH_SCHEMES = {s.lower(): s for s in ("Basic", "Bearer", "Digest", "Negotiate",
                                        "AWS4-HMAC-SHA256", "Hawk", "Mutual", "SCRAM-SHA-256", "HOBA")}
 # Servers cap request headers at 8-16 KiB; a larger credential is an attack or a mistake.
 MAX_CREDENTIAL = 4096
-# After percent-decoding, these would let a credential forge header lines.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# After percent-decoding, these would let a credential forge header or log lines: C0 and C1
+# controls, and the Unicode line separators some log viewers and parsers break lines at.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# User names that are the secret themselves: known token formats (GitHub, GitLab, npm, PyPI, Slack,
+# Hugging Face, OpenAI-style keys, AWS access key ids, JWTs)...
+_TOKEN_LIKE = re.compile(
+    r"(?:gh[pousr]_|github_pat_|glpat-|gloas-|glrt-|glptt-|npm_|pypi-|xox[abposr]-|hf_|sk-|"
+    r"(?:AKIA|ASIA)[A-Z0-9]{12}|eyJ[\w-]{6,}\.)"
+)
+# ...or that a placeholder password marks as the secret (`https://TOKEN:x-oauth-basic@github.com/`)
+PLACEHOLDER_PASSWORDS = frozenset(("x-oauth-basic", "x"))
+_LONG_RANDOM = re.compile(r"[A-Za-z0-9_\-+/=.]{24,}")
+
+
+def secret_like_user(user: str, password: str = "") -> bool:
+    """Whether a user name should be masked like a password: a token format, a placeholder password
+    beside it, or a long random-looking string (letters and digits mixed, no room for a real name)."""
+    if not user:
+        return False
+    if _TOKEN_LIKE.match(user) or password.lower() in PLACEHOLDER_PASSWORDS:
+        return True
+    if not password or password in user:  # no password: the user *is* the token
+        return True
+    return bool(_LONG_RANDOM.fullmatch(user)) and any(c.isdigit() for c in user) and any(c.isalpha() for c in user)
 PLACEHOLDERS = {
     "user": "the decoded user name",
     "password": "the decoded password",
@@ -44,9 +67,9 @@ class Credential:
 
     @property
     def display_user(self) -> str | None:
-        """The user name if it can be shown: with no password, the user *is* the token (and a
-        user name that holds the password would show it)."""
-        return self.user if self.password and self.password not in self.user else None
+        """The user name if it can be shown; None when it is, or holds, a secret (see
+        `secret_like_user`). Shown names may still hold controls: writers escape them."""
+        return None if secret_like_user(self.user, self.password) else self.user
 
     def problem(self) -> str | None:
         """Why this credential cannot be injected, or None."""
@@ -59,8 +82,16 @@ class Credential:
         return None
 
     def secret_forms(self) -> set[str]:
-        """Every spelling of the secret worth scrubbing from text we write."""
-        forms = {self.token, base64.b64encode(f"{self.user}:{self.password}".encode()).decode()}
+        """Every spelling of the secret worth scrubbing from text we write: as decoded, percent-encoded
+        (either case of hex digits), and as the Basic value."""
+        secrets = {self.password} if self.password else set()
+        if secret_like_user(self.user, self.password):
+            secrets.add(self.user)
+        forms = {base64.b64encode(f"{self.user}:{self.password}".encode("utf-8", "surrogateescape")).decode()}
+        for secret in secrets:
+            encoded = urllib.parse.quote(secret, safe="", errors="surrogateescape")
+            forms |= {secret, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), encoded),
+                      urllib.parse.quote(secret, safe="!$&'()*+,;=-._~", errors="surrogateescape")}
         return {f for f in forms if len(f) >= 4}
 
 

@@ -21,7 +21,9 @@ from .rules import Hop, Rule, RuleSet
 from .store import Grant, Refusal
 from .urls import Location, LocationError, Origin, parse_location, parsers_disagree
 
-REDIRECTS = frozenset((301, 302, 303, 307, 308))
+# Every 3xx can carry a Location that clients follow (curl -L follows a 300); 304 Not Modified is a
+# cache answer, not a redirect.
+REDIRECTS = frozenset(s for s in range(300, 400) if s != 304)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +135,14 @@ class FollowUp:
     header_names: frozenset[str]  # lower case
     position: ChainPosition | None  # the hop it continues, if a 3xx sent the client here
     held: Grant | None  # what the store holds for this client and origin
+    watch: ChainPosition | None = None  # a redirect of this client to this origin, whatever the URL
 
 
 @dataclass(frozen=True, slots=True)
 class FollowUpDecision:
     leaks: tuple[Leak, ...] = ()
     leak_action: Action = Action.LOG
+    leak_at: ChainPosition | None = None  # the hop the leaks belong to
     inject: Grant | None = None
     skipped: Grant | None = None  # held, but not added, for `why`
     why: Why | None = None
@@ -148,20 +152,26 @@ class FollowUpDecision:
 
 def decide_follow_up(request: FollowUp) -> FollowUpDecision:
     position, held = request.position, request.held
-    leaks = tuple(find_leaks(request.sent, position, request.origin)) if position else ()
-    leak_action = position.on_leak if position else Action.LOG
+    # a leak is a leak whether or not this request is the follow-up credhop expected: a client may
+    # re-quote the Location, or ask for another path on the origin it was sent to
+    leak_at = position or request.watch
+    leaks = tuple(find_leaks(request.sent, leak_at, request.origin)) if leak_at else ()
+    leak_action = leak_at.on_leak if leak_at else Action.LOG
     if held is None:
-        return FollowUpDecision(leaks, leak_action)
+        return FollowUpDecision(leaks, leak_action, leak_at)
     if position and position.location_fp not in (None, held.fingerprint):
         # the client follows a Location that carried another credential (one credhop refused
         # to adopt): the one held for this origin would be the wrong one
-        return FollowUpDecision(leaks, leak_action, skipped=held, why=Why.OTHER_CREDENTIAL,
+        return FollowUpDecision(leaks, leak_action, leak_at, skipped=held, why=Why.OTHER_CREDENTIAL,
                                 reason="the Location this request follows carried another credential")
     reuse = position is None
-    if held.header.lower() in request.header_names and not held.override:
-        return FollowUpDecision(leaks, leak_action, skipped=held, why=Why.CLIENT_HEADER,
+    present = request.header_names
+    if leak_action is Action.STRIP:  # stripped before the held credential would go in
+        present = present - {leak.header for leak in leaks}
+    if held.header.lower() in present and not held.override:
+        return FollowUpDecision(leaks, leak_action, leak_at, skipped=held, why=Why.CLIENT_HEADER,
                                 reason=f"client sent its own {held.header}", reuse=reuse)
-    return FollowUpDecision(leaks, leak_action, inject=held, reuse=reuse)
+    return FollowUpDecision(leaks, leak_action, leak_at, inject=held, reuse=reuse)
 
 
 def _ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .records import Action
@@ -35,14 +35,18 @@ def new_chain() -> ChainPosition:
 
 
 class PendingFollowUps(Protocol):
-    async def expect(self, client: str, url: str, position: ChainPosition) -> None:
-        """Remember that `client` should next request `url`, as hop `position`."""
+    async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
+        """Remember that `client` should next request `url` (normalised) on `origin`, as hop `position`."""
 
     async def follow(self, client: str, url: str) -> ChainPosition | None:
         """The hop this request continues, if a 3xx sent this client here (oldest first); taken once."""
 
+    async def watching(self, client: str, origin: Origin) -> ChainPosition | None:
+        """For leak detection whatever URL the client asks for: the latest redirect of `client` to
+        `origin`, with the secrets of every such redirect. Not taken: any request there is checked."""
+
     def awaits(self, client: str) -> bool:
-        """Cheap and synchronous: False only when nothing is pending for `client`."""
+        """Cheap and synchronous: False only when nothing is pending or watched for `client`."""
 
     def __len__(self) -> int: ...
 
@@ -56,13 +60,16 @@ class MemoryPending:
         self._pending: OrderedDict[tuple[str, str], deque[tuple[ChainPosition, float]]] = OrderedDict()
         self._per_client: Counter[str] = Counter()  # lets requests of other clients skip URL parsing
         self._count = 0
+        self._watches: OrderedDict[tuple[str, Origin], tuple[ChainPosition, float]] = OrderedDict()
+        self._watched: Counter[str] = Counter()
 
     def awaits(self, client: str) -> bool:
-        return self._per_client[client] > 0
+        return self._per_client[client] > 0 or self._watched[client] > 0
 
-    async def expect(self, client: str, url: str, position: ChainPosition) -> None:
+    async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
         now = self.clock()
         self._purge(now)
+        self._watch(client, origin, position, now)
         key = (client, url)
         queue = self._pending.pop(key, None) or deque()
         queue.append((position, now + self.ttl))
@@ -82,6 +89,30 @@ class MemoryPending:
                 return position
         return None
 
+    async def watching(self, client: str, origin: Origin) -> ChainPosition | None:
+        self._purge(self.clock())
+        entry = self._watches.get((client, origin))
+        return entry[0] if entry else None
+
+    def _watch(self, client: str, origin: Origin, position: ChainPosition, now: float) -> None:
+        key = (client, origin)
+        old = self._watches.pop(key, None)
+        if old is None:
+            self._watched[client] += 1
+        else:  # several redirects to one origin: watch for all their secrets, strip if any rule says so
+            prev = old[0]
+            position = replace(position, sent=position.sent | prev.sent,
+                               on_leak=Action.STRIP if Action.STRIP in (prev.on_leak, position.on_leak) else position.on_leak)
+        self._watches[key] = (position, now + self.ttl)
+        while len(self._watches) > self.max_pending:
+            self._unwatch(next(iter(self._watches)))
+
+    def _unwatch(self, key: tuple[str, Origin]) -> None:
+        del self._watches[key]
+        self._watched[key[0]] -= 1
+        if not self._watched[key[0]]:
+            del self._watched[key[0]]
+
     def _take(self, key: tuple[str, str], queue: deque[tuple[ChainPosition, float]]) -> tuple[ChainPosition, float]:
         """Remove and return the oldest entry of `key`'s queue, keeping the counts right."""
         entry = queue.popleft()
@@ -99,6 +130,11 @@ class MemoryPending:
             if queue[0][1] > now:
                 break
             self._take(key, queue)
+        while self._watches:
+            wkey, (_, expires) = next(iter(self._watches.items()))
+            if expires > now:
+                break
+            self._unwatch(wkey)
 
     def __len__(self) -> int:
         self._purge(self.clock())

@@ -21,7 +21,7 @@ from .records import LEAK_ACTIONS as _LEAK, RULE_ACTIONS, Action
 from .urls import Location
 
 ACTIONS = tuple(a.value for a in RULE_ACTIONS)
-REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+REDIRECT_STATUSES = (300, 301, 302, 303, 305, 307, 308)
 MAX_TTL = 7 * 24 * 3600
 PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "bool", "null", "float")}
 RULE_KEYS = ("name", "match", "action", "header", "ttl", "allow_plaintext", "override_client_header", "on_leak")

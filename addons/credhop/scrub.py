@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import OrderedDict
 from typing import Iterable
 
 from .urls import redact_url
@@ -18,9 +19,14 @@ from .urls import redact_url
 ALWAYS_SECRET = ("authorization", "proxy-authorization", "cookie")
 DEFAULT_SECRET_HEADERS = ("x-api-key", "private-token", "x-auth-token")
 # terminal control sequences and lone surrogates (undecodable bytes) a hostile server can plant
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_LINE_BREAK = re.compile(r"[\n\t]")
 # a scheme word followed by its credential, anywhere
 _AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|digest|negotiate|ntlm)\s+[^\s'\",;)]{8,}")
+# userinfo in a request line's authority form, which has no "//" (`CONNECT user:pw@host:443 HTTP/1.1`,
+# as urllib.request sends it when it follows a Location with userinfo through a proxy)
+_AUTHORITY_FORM = re.compile(r"(?<![\w/])([A-Z]{3,10} +)([^\s/@'\"]+)@(?=[^\s/@]+ +HTTP/)")
+MAX_REMEMBERED = 512  # credentials whose every spelling is masked in whatever passes the filter
 
 
 def secret_header_names(extra: Iterable[str] = DEFAULT_SECRET_HEADERS) -> frozenset[str]:
@@ -42,9 +48,32 @@ class Redactor:
         self._header = re.compile(
             rf"(?i)(?<![\w?&=/.-])({names})(['\"]?\s*[:,]\s*b?['\"]?)([^'\"\r\n]+)"
         )
+        self._known: OrderedDict[str, None] = OrderedDict()  # spellings of secrets seen, newest last
+        self._known_re: re.Pattern[str] | None = None
+
+    def remember(self, forms: Iterable[str]) -> None:
+        """Mask these spellings of a secret wherever they turn up, whatever surrounds them (a token
+        copied into a query, a path or a fragment). Bounded: the oldest are forgotten first."""
+        new = False
+        for form in forms:
+            new |= form not in self._known
+            self._known[form] = None
+            self._known.move_to_end(form)
+        while len(self._known) > MAX_REMEMBERED:
+            self._known.popitem(last=False)
+        if new:
+            self._known_re = None
+
+    def known(self) -> list[str]:
+        return list(self._known)
 
     def __call__(self, text: str) -> str:
+        if self._known:
+            if self._known_re is None:  # longest first, so a secret's encoded form wins over its prefix
+                self._known_re = re.compile("|".join(map(re.escape, sorted(self._known, key=len, reverse=True))))
+            text = self._known_re.sub("***", text)
         text = redact_url(text)
+        text = _AUTHORITY_FORM.sub(lambda m: f"{m[1]}***@", text)
         text = self._header.sub(lambda m: f"{m[1]}{m[2]}***", text)
         return _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", text)
 
@@ -62,9 +91,11 @@ class Redactor:
 scrub = Redactor()  # the default headers: for reports, which do not know the proxy's options
 
 
-def printable(text: str) -> str:
-    """`text` safe for a terminal or a UTF-8 file: controls and lone surrogates escaped."""
-    return _UNPRINTABLE.sub(lambda m: ascii(m[0])[1:-1], text)
+def printable(text: str, one_line: bool = False) -> str:
+    """`text` safe for a terminal or a UTF-8 file: controls, line separators and lone surrogates
+    escaped; with `one_line`, newlines and tabs too (a log line no value can split or forge)."""
+    text = _UNPRINTABLE.sub(lambda m: ascii(m[0])[1:-1], text)
+    return _LINE_BREAK.sub(lambda m: ascii(m[0])[1:-1], text) if one_line else text
 
 
 class SecretFilter(logging.Filter):

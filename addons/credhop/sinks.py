@@ -93,7 +93,8 @@ def event_line(record: dict[str, Any]) -> str:
     how = f" rule={record['rule']}" if record.get("rule") else ""
     action = f" action={record['action']}" if record.get("action") else ""
     reason = f" ({record['reason']})" if record.get("reason") else ""
-    return printable(f"credhop {chain} {record.get('client', '?')} {event}: {what}{how}{action}{reason}{cred}")
+    return printable(f"credhop {chain} {record.get('client', '?')} {event}: {what}{how}{action}{reason}{cred}",
+                     one_line=True)
 
 
 class EventLog:

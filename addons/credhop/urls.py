@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import ada_url
 
-from .credentials import Credential
+from .credentials import Credential, secret_like_user
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -36,6 +36,16 @@ _AUTHORITY = re.compile(
 # percent-encodes them inside userinfo. Over-redacting free text beats leaving a password behind.
 _USERINFO_HEAD = re.compile(r"[\\/]{2}|(?i:\b(?:https?|wss?|ftp)):[\\/\t]*")
 _USERINFO_END = re.compile(r"[/?#\r\n]")
+# Query and fragment parameters whose values authorize by themselves (presigned S3/GCS/Azure URLs,
+# OAuth tokens): their values are redacted, as OpenTelemetry's `url.full` convention asks.
+SIGNED_PARAMS = (
+    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature", "x-goog-credential",
+    "sig", "signature", "awsaccesskeyid", "token", "access_token", "id_token", "refresh_token",
+    "client_secret", "api_key", "apikey",
+)
+_SIGNED_PARAM = re.compile(
+    r"(?i)([?&;#](?:" + "|".join(re.escape(p) for p in SIGNED_PARAMS) + r")=)([^&#\s'\"<>]+)"
+)
 MAX_SHOWN = 300  # characters of a (redacted) Location quoted in an error message
 
 
@@ -190,7 +200,7 @@ def _mask(userinfo: str) -> str:
     here may be a token-only userinfo plus host (`TOKEN@host:8080\\@evil`), and when the user name
     spells the password."""
     user, sep, password = userinfo.partition(":")
-    shown = sep and password and "\\" not in userinfo and password not in user
+    shown = sep and password and "\\" not in userinfo and not secret_like_user(_unquote(user), _unquote(password))
     return f"{user}:***" if shown else "***"
 
 
@@ -211,15 +221,26 @@ def _shown(text: str) -> str:
 
 
 def normalize_url(url: str) -> str:
-    """The form used to recognise a follow-up request: WHATWG href, no userinfo or fragment."""
+    """The form used to recognise a follow-up request, whatever the client did to the Location on
+    the way: WHATWG href (IDNA, default port, dot segments, no userinfo or fragment), then every
+    percent-escape of a printable character decoded and the rest upper-cased, so `%7Euser`,
+    `%7euser` and `~user` are one URL (requests and urllib3 re-quote paths)."""
     try:
         parsed = ada_url.URL(url)
     except ValueError:
         return url
-    parsed.username = ""
-    parsed.password = ""
-    parsed.hash = ""
-    return parsed.href
+    if parsed.protocol not in ("http:", "https:"):
+        return url
+    return f"{parsed.protocol}//{parsed.host}{_ESCAPE.sub(_one_escape, parsed.pathname + parsed.search)}"
+
+
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _one_escape(m: re.Match[str]) -> str:
+    char = chr(int(m[1], 16))
+    # "/", "?", "#" and "%" change what the URL means when decoded; controls and non-ASCII stay escaped
+    return char if "!" <= char <= "~" and char not in "/?#%" else "%" + m[1].upper()
 
 
 def request_url(scheme: str, host: str, port: int, path: str) -> str:
@@ -255,7 +276,12 @@ def redact_url(text: str) -> str:
         out += [text[done:start], _mask(text[start:at]), "@"]
         done = at + 1
     out.append(text[done:])
-    return "".join(out)
+    return redact_params("".join(out))
+
+
+def redact_params(text: str) -> str:
+    """Replace the values of signed-URL and token parameters (`SIGNED_PARAMS`) by `REDACTED`."""
+    return _SIGNED_PARAM.sub(lambda m: m[1] + "REDACTED", text) if "=" in text else text
 
 
 @dataclass(frozen=True, slots=True)
