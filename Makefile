@@ -14,7 +14,7 @@ UV_OLD_VERSION := 0.5.25
 UV_OLD := .tools/uv-$(UV_OLD_VERSION)/bin/uv
 LISTEN_HOST ?= 127.0.0.1
 LISTEN_PORT ?= 8080
-RULES ?= rules.yaml
+RULES ?= addons/credhop/rules.yaml
 HOPLOG ?= credhop-hops.jsonl
 # pip's "Location ... is ignored" lines come from this machine's index config
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither" || true

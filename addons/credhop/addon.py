@@ -46,7 +46,7 @@ from .urls import (
 log = logging.getLogger("credhop")
 
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
-DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules.yaml"
+DEFAULT_RULES = Path(__file__).with_name("rules.yaml")  # package data: shipped in the wheel
 META = "credhop"  # flow.metadata key: {"chain", "hop"}, plain values so saved flows stay writable
 MARKER = ":key:"
 RELOAD_INTERVAL = 1.0

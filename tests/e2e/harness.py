@@ -15,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY_SCRIPT = REPO / "addons" / "credhop.py"
+SHIPPED_RULES = REPO / "addons" / "credhop" / "rules.yaml"
 
 
 def tool(env_var: str, name: str) -> str:
@@ -57,7 +58,7 @@ class Mitmdump:
                 "--set", f"confdir={self.confdir}", "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
         if credhop:
             argv += ["-s", str(ENTRY_SCRIPT), "--set", f"credhop_log={self.hoplog}",
-                     "--set", f"credhop_rules={rules or REPO / 'rules.yaml'}"]
+                     "--set", f"credhop_rules={rules or SHIPPED_RULES}"]
         for key, value in (options or {}).items():
             argv += ["--set", f"{key}={value}"]
         self.argv = argv
