@@ -1,0 +1,53 @@
+"""`credhop proxy [mitmdump options…]`: mitmdump with credhop built in, for an installed credhop.
+
+credhop is added to the master before the command line is parsed (not as a
+`-s` script, which loads only after parsing), so `--set credhop_*` values are
+checked by mitmproxy's own option parser and `--options`/`--help` list them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mitmproxy.addons.script import ScriptLoader
+from mitmproxy.tools import cmdline, dump, main
+
+from .addon import CredHop
+
+PROG = "credhop proxy"
+
+
+class CredHopDumpMaster(dump.DumpMaster):
+    """mitmdump's master with credhop as a built-in addon."""
+
+    def __init__(self, options: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(options, *args, **kwargs)
+        credhop = CredHop()
+        self.addons.add(credhop)
+        # add() appends, behind the dumper and `-w` saving; move credhop to where a first `-s`
+        # script runs, so they see the Location and body it scrubbed, not the credential
+        chain = self.addons.chain
+        chain.remove(credhop)
+        at = next((i for i, a in enumerate(chain) if isinstance(a, ScriptLoader)), len(chain))
+        chain.insert(at, credhop)
+
+
+def _parser(opts: Any) -> Any:
+    parser = cmdline.mitmdump(opts)
+    parser.prog = PROG  # usage and errors name the command the user typed, not bare `credhop`
+    return parser
+
+
+def _filter_options(args: Any) -> dict[str, str]:
+    # what mitmproxy.tools.main.mitmdump does with a trailing filter expression (10.4 to 12.x)
+    if args.filter_args:
+        expression = " ".join(args.filter_args)
+        return dict(save_stream_filter=expression, readfile_filter=expression, dumper_filter=expression)
+    return {}
+
+
+def run_proxy(argv: Sequence[str]) -> int:
+    """Run until shut down; mitmproxy itself exits 1 (via SystemExit) on bad arguments or options."""
+    main.run(CredHopDumpMaster, _parser, list(argv), _filter_options)
+    return 0
