@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -76,6 +77,37 @@ def test_proxy_lists_credhop_options(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"credhop_rules: {addon.DEFAULT_RULES}" in result.stdout
     assert "credhop_ttl: 600" in result.stdout
+
+
+def test_proxy_applies_the_defaults_before_listening(tmp_path):
+    # mitmproxy configures a built-in addon only for options that change: the packaged rules and
+    # the fingerprint key must still be in place before the first client can connect
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_proxy_argv(tmp_path), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    watchdog = threading.Timer(60, proc.kill)  # a proxy that never listens ends the loop below
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "proxy listening" in line:
+                break
+    finally:
+        watchdog.cancel()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    output = "".join(seen)
+    assert "proxy listening" in output, output
+    assert re.search(rf"credhop: loaded \d+ rule\(s\) from {re.escape(str(addon.DEFAULT_RULES))}\n", output), output
+    assert (tmp_path / "conf" / "credhop-fingerprint.key").exists()
 
 
 def test_proxy_passes_mitmdump_errors_through(tmp_path):
