@@ -65,10 +65,15 @@ def test_credhop_help_lists_proxy(tmp_path):
 
 @pytest.mark.parametrize("value, says", [("abc", "not an integer"), ("0", "must be 1..")])
 def test_proxy_refuses_a_bad_credhop_option_before_listening(tmp_path, value, says):
+    from mitmproxy.version import VERSION
+
     result = _run(_proxy_argv(tmp_path, "--set", f"credhop_ttl={value}"), tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "credhop_ttl" in lines[0] and says in lines[0], result.stderr
+    assert len(lines) == 1 and says in lines[0].lower(), result.stderr
+    # a type error is mitmproxy's own message, which names the option only from 12 on ("Not an integer: abc")
+    if value != "abc" or int(VERSION.split(".")[0]) >= 12:
+        assert "credhop_ttl" in lines[0], result.stderr
     assert "listening" not in result.stdout + result.stderr
 
 
