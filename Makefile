@@ -14,7 +14,7 @@ UV_OLD_VERSION := 0.5.25
 UV_OLD := .tools/uv-$(UV_OLD_VERSION)/bin/uv
 LISTEN_HOST ?= 127.0.0.1
 LISTEN_PORT ?= 8080
-RULES ?= rules.yaml
+RULES ?= addons/credhop/rules.yaml
 HOPLOG ?= credhop-hops.jsonl
 # pip's "Location ... is ignored" lines come from this machine's index config
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither" || true
@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 .PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps clean
 
 help:
-	@echo "make run    start mitmdump with credhop and $(RULES) on $(LISTEN_HOST):$(LISTEN_PORT)"
+	@echo "make run    start the proxy (credhop proxy: mitmdump with credhop) and $(RULES) on $(LISTEN_HOST):$(LISTEN_PORT)"
 	@echo "make test   install what the tests need and run the whole suite"
 	@echo "make fixture  start the test redirector + auth-only index (for trying credhop by hand)"
 	@echo "make clients  run the client matrix and write docs/clients.md"
@@ -45,7 +45,7 @@ run: deps
 	@echo "    export HTTP_PROXY=http://$(LISTEN_HOST):$(LISTEN_PORT) HTTPS_PROXY=http://$(LISTEN_HOST):$(LISTEN_PORT)"
 	@echo "    export SSL_CERT_FILE=$$HOME/.mitmproxy/mitmproxy-ca-cert.pem   # uv; pip: --cert \$$SSL_CERT_FILE"
 	@echo "  (mitmproxy creates that CA file on its first start)"
-	$(VENV)/bin/mitmdump -s addons/credhop.py --listen-host $(LISTEN_HOST) --listen-port $(LISTEN_PORT) \
+	$(VENV)/bin/credhop proxy --listen-host $(LISTEN_HOST) --listen-port $(LISTEN_PORT) \
 		--set credhop_rules=$(RULES) --set credhop_log=$(HOPLOG) $(ARGS)
 
 fixture: deps

@@ -40,7 +40,7 @@ from .urls import Origin, normalize_url, redact_loose, redact_url, request_url
 
 log = logging.getLogger("credhop")
 
-DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules.yaml"
+DEFAULT_RULES = Path(__file__).with_name("rules.yaml")  # package data: shipped in the wheel
 META = "credhop"  # flow.metadata key: {"chain", "hop"}, plain values so saved flows stay writable
 MARKER = ":key:"
 RELOAD_INTERVAL = 1.0

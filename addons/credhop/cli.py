@@ -1,8 +1,9 @@
-"""`credhop report HOPLOG`: explain every redirect chain in a hop log.
+"""`credhop report HOPLOG`: explain every redirect chain in a hop log; `credhop proxy`: run the proxy.
 
 Exit status: 0 when no shown chain has an error-level finding, 1 when one has
 (so CI jobs can gate on it), 2 for usage errors and unreadable logs. Imports
-nothing from mitmproxy, so it runs wherever the log was copied to.
+mitmproxy only for `credhop proxy`, so the report runs wherever the log was
+copied to.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="credhop", description="Explain credhop hop logs.")
+    parser = _Parser(prog="credhop", description="Run the credhop proxy, explain credhop hop logs.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # listed for --help only: main() hands `proxy` and everything after it to mitmdump's own parser
+    commands.add_parser(
+        "proxy", help="start mitmdump with credhop loaded; takes mitmdump's options (`credhop proxy --help`)",
+        add_help=False)
     report = commands.add_parser(
         "report", help="explain every redirect chain of a hop log",
         description="Explain every redirect chain of a credhop hop log (JSON Lines). Exit status 1 when a "
@@ -89,7 +94,22 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_FINDINGS if any(c.has_error() for c in chains) else EXIT_OK
 
 
+def _proxy(argv: Sequence[str], err: TextIO) -> int:
+    try:
+        from .launcher import run_proxy  # imports mitmproxy
+    except ImportError as e:
+        if not (e.name or "").startswith("mitmproxy"):
+            raise
+        err.write(f"credhop proxy: mitmproxy is not importable ({e.name}); "
+                  f"install it with: pip install 'mitmproxy>=10.1,<13'\n")
+        return EXIT_USAGE
+    return run_proxy(argv)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["proxy"]:
+        return _proxy(argv[1:], err or sys.stderr)
     for stream in (sys.stdout, sys.stderr):  # a hostile log must not crash the report on a strict stream
         if out is None and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")

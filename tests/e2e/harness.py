@@ -15,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY_SCRIPT = REPO / "addons" / "credhop.py"
+SHIPPED_RULES = REPO / "addons" / "credhop" / "rules.yaml"
 
 
 def tool(env_var: str, name: str) -> str:
@@ -44,20 +45,30 @@ class Result:
 
 
 class Mitmdump:
-    """A real `mitmdump -s addons/credhop.py` process (or bare mitmdump with credhop=False)."""
+    """A real `mitmdump -s addons/credhop.py` process (or bare mitmdump with credhop=False).
+
+    `command` replaces `mitmdump -s …` with a command that has credhop built in, such as an
+    installed `credhop proxy`; it then keeps its own default rules unless `rules` is given,
+    and runs in `cwd` (default: the checkout).
+    """
 
     def __init__(self, workdir: Path, upstream_ca: Path, credhop: bool = True, options: dict[str, str] | None = None,
-                 rules: Path | None = None) -> None:
+                 rules: Path | None = None, command: list[str] | None = None, cwd: Path = REPO) -> None:
         self.workdir = workdir
+        self.cwd = cwd
         self.confdir = workdir / "mitmproxy-conf"
         self.hoplog = workdir / "hops.jsonl"
         self.port = free_port()
         self.output_file = workdir / "mitmdump.out"
-        argv = [tool("CREDHOP_MITMDUMP", "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+        argv = [*(command or [tool("CREDHOP_MITMDUMP", "mitmdump")]),
+                "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
                 "--set", f"confdir={self.confdir}", "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
+        if credhop and command is None:
+            argv += ["-s", str(ENTRY_SCRIPT), "--set", f"credhop_rules={rules or SHIPPED_RULES}"]
+        elif credhop and rules:
+            argv += ["--set", f"credhop_rules={rules}"]
         if credhop:
-            argv += ["-s", str(ENTRY_SCRIPT), "--set", f"credhop_log={self.hoplog}",
-                     "--set", f"credhop_rules={rules or REPO / 'rules.yaml'}"]
+            argv += ["--set", f"credhop_log={self.hoplog}"]
         for key, value in (options or {}).items():
             argv += ["--set", f"{key}={value}"]
         self.argv = argv
@@ -74,7 +85,7 @@ class Mitmdump:
     def __enter__(self) -> Mitmdump:
         self.workdir.mkdir(parents=True, exist_ok=True)
         out = self.output_file.open("wb")
-        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd,
                                      env={**clean_env(self.workdir / "mitm-home"), "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -89,7 +100,7 @@ class Mitmdump:
         """Start mitmdump for a configuration it must refuse; return its exit status."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.output_file.open("wb") as out:
-            proc = subprocess.run(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, timeout=timeout,
+            proc = subprocess.run(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd, timeout=timeout,
                                   env=clean_env(self.workdir / "mitm-home"))
         return proc.returncode
 

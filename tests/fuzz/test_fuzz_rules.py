@@ -31,7 +31,7 @@ from tests.fuzz.mutate import mutations
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = [
-    (REPO / "rules.yaml").read_text(encoding="utf-8"),
+    (REPO / "addons" / "credhop" / "rules.yaml").read_text(encoding="utf-8"),
     "rules:\n  - name: a\n    match: {host: '*.example', port: [443, 8443], client: 10.0.0.0/8}\n"
     "    action: inject\n    header: {name: PRIVATE-TOKEN, value: '{password}'}\n"
     "    ttl: 60\n    on_leak: strip\n",

@@ -16,7 +16,7 @@ def hop(location: str, from_host="redirector.example", status=302, client="10.1.
 
 
 def test_shipped_rules_load_and_cover_the_codeartifact_case():
-    rules = load_rules(REPO / "rules.yaml")
+    rules = load_rules(REPO / "addons" / "credhop" / "rules.yaml")
     assert rules.warnings == ()
     rule = rules.first_match(hop("https://aws:T@dom-123.d.codeartifact.eu-west-1.amazonaws.com/pypi/x/simple/p/"))
     assert (rule.name, rule.action) == ("codeartifact", "inject")
