@@ -6,6 +6,7 @@ import base64
 import hashlib
 import http.client
 import os
+import socket
 import ssl
 import stat
 import zipfile
@@ -17,7 +18,8 @@ import pytest
 from cryptography import x509
 
 from tests.fixtures.pki import TestPKI, make_pki
-from tests.fixtures.registry import AuthIndex, Redirector, userinfo_url
+from tests.fixtures.registry import AuthIndex, Redirector
+from tests.fixtures.server import AuthOrigin, Request, Response, Server, userinfo_url
 from tests.fixtures.wheel import build_wheel, record_hash, sha256_file
 
 USER = "aws"
@@ -210,7 +212,7 @@ def test_index_unknown_paths(index: AuthIndex, pki: TestPKI, path: str) -> None:
 def test_index_records_requests(index: AuthIndex, pki: TestPKI) -> None:
     request(index.project_url + "?x=1", headers={"X-Probe": "one"}, ca=pki.ca_cert)
     request(index.project_url, "HEAD", {**basic(USER, PASSWORD), "X-Probe": "two"}, ca=pki.ca_cert)
-    assert [(r.method, r.path) for r in index.requests] == [
+    assert [(r.method, r.target) for r in index.requests] == [
         ("GET", "/simple/credhop-demo-pkg/?x=1"),
         ("HEAD", "/simple/credhop-demo-pkg/"),
     ]
@@ -306,7 +308,7 @@ def test_redirector(scheme: str, pki: TestPKI) -> None:
                 assert_secret_equal(resp.getheader("Location"), location, f"Location for {path}")
                 assert resp.getheader("Content-Length") == "0" and body == b""
         assert request(redirector.url + "/other", ca=pki.ca_cert)[0] == 404
-        assert [r.path for r in redirector.requests][:3] == list(cases)
+        assert [r.target for r in redirector.requests][:3] == list(cases)
         assert redirector.headers_seen("x-probe")[:3] == list(cases)
 
 
@@ -319,3 +321,105 @@ def test_redirector_status_and_prefix() -> None:
     with Redirector("http://h/other/") as redirector:
         assert request(redirector.url + "/files/a.whl")[0] == 404
         assert request(redirector.url + "/simple/x/")[1].getheader("Location") == "http://h/other/x/"
+
+
+# -- the server core ----------------------------------------------------------
+
+
+def exchange(server: Server, data: bytes) -> bytes:
+    """Send raw bytes and read until the server closes the connection."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_server_answers_every_method_from_its_app_and_records_it() -> None:
+    def app(req: Request) -> Response:
+        return Response(201, [("X-Seen", f"{req.method} {req.path} {req.query} {len(req.body)}")], b"made\n")
+
+    methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+    auth = basic(USER, PASSWORD)
+    with Server(app) as server:
+        assert server.url == f"http://127.0.0.1:{server.port}" == server.origin
+        for method in methods:
+            body = b"x=1" if method in ("POST", "PUT", "PATCH") else None
+            conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+            conn.request(method, "/a/b?c=d", body=body, headers={**auth, "X-Probe": method})
+            resp = conn.getresponse()
+            assert resp.status == 201 and resp.read() == (b"" if method == "HEAD" else b"made\n")
+            assert resp.getheader("X-Seen") == f"{method} /a/b c=d {len(body or b'')}"
+            assert resp.getheader("Content-Length") == "5" and resp.getheader("Server") == "credhop-test"
+            conn.close()
+    recorded = [(r.method, r.target, r.status) for r in server.requests]
+    assert recorded == [(m, "/a/b?c=d", 201) for m in methods]
+    assert server.headers_seen("x-probe") == methods
+    assert server.requests[2].body == b"x=1" and server.requests[2].first_header("X-PROBE") == "POST"
+    assert server.requests[0].first_header("x-missing") is None
+    shown = repr(server.requests)
+    assert "Basic" not in shown and "s3cr3t" not in shown and "<redacted" in shown and "<3 bytes>" in shown
+
+
+def test_server_chunked_request_body_and_keep_alive() -> None:
+    with Server(lambda req: Response(200, body=req.body[::-1])) as server:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+        conn.request("POST", "/", body=iter([b"ab", b"", b"cd"]), encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.read() == b"dcba" and resp.getheader("Transfer-Encoding") is None
+        sock = conn.sock
+        conn.request("POST", "/", body=b"xyz")  # same connection, kept alive
+        assert conn.getresponse().read() == b"zyx" and conn.sock is sock
+        conn.close()
+        assert [r.body for r in server.requests] == [b"abcd", b"xyz"]
+
+
+def test_server_http10_pipelining_and_unknown_methods() -> None:
+    with Server(lambda req: Response(200, body=req.target.encode())) as server:
+        # Two HTTP/1.1 requests in one write: both answered, in order, on one connection.
+        two = b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        raw = exchange(server, two)
+        assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2 and raw.endswith(b"/2")
+        assert b"\r\n\r\n/1HTTP/1.1" in raw  # not chunked: the first body ends where the next answer starts
+        # An HTTP/1.0 client gets its connection closed after the answer (exchange() reads to EOF).
+        raw = exchange(server, b"GET /old HTTP/1.0\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.endswith(b"\r\nContent-Length: 4\r\n\r\n/old")
+        assert exchange(server, b"BREW /pot HTTP/1.1\r\nHost: h\r\n\r\n").startswith(b"HTTP/1.1 501 ")
+    assert [r.target for r in server.requests] == ["/1", "/2", "/old"]
+
+
+def test_server_app_error_is_a_500_and_no_app_is_404(pki: TestPKI) -> None:
+    def broken(req: Request) -> Response:
+        raise KeyError(req.target)
+
+    with Server(broken, tls=pki.server_context(), host="127.0.0.2") as server:
+        assert server.url.startswith("https://127.0.0.2:")
+        status, _, body = request(server.url + "/x", ca=pki.ca_cert)
+        assert (status, body) == (500, b"fixture error: KeyError\n")
+        assert server.requests[0].status == 500
+    with Server() as server:
+        assert request(server.url + "/")[:3:2] == (404, b"not found\n")
+
+
+def test_auth_origin_gates_its_app() -> None:
+    with AuthOrigin(USER, PASSWORD, lambda req: Response(200, body=b"in\n")) as origin:
+        assert origin.host == "127.0.0.2"
+        status, resp, body = request(origin.url + "/p")
+        assert (status, body) == (401, b"unauthorized\n")
+        assert resp.getheader("WWW-Authenticate") == 'Basic realm="credhop-test"'
+        assert request(origin.url + "/p", "POST", basic(USER, PASSWORD))[::2] == (200, b"in\n")
+        assert_secret_equal(
+            origin.credentials_url("/p?q=1"),
+            userinfo_url("http", "127.0.0.2", origin.port, USER, PASSWORD, "/p?q=1"),
+            "credentials_url",
+        )
+        assert [r.status for r in origin.requests] == [401, 200]
+    with pytest.raises(ValueError):
+        AuthOrigin(USER, PASSWORD, unauth_status=403)
+
+
+def test_index_refuses_other_methods_before_the_credential_check(index: AuthIndex, pki: TestPKI) -> None:
+    status, resp, body = request(index.simple_url, "POST", ca=pki.ca_cert)
+    assert (status, body, resp.getheader("Allow")) == (405, b"method not allowed\n", "GET, HEAD")
+    assert index.requests[0].status == 405

@@ -9,19 +9,16 @@ finding codes it must and must not produce.
 from __future__ import annotations
 
 import secrets
-import socketserver
 import ssl
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tests.e2e.harness import Mitmdump, Result, clean_env, free_port, run, tool
 from tests.e2e.test_clients import CLIENTS, PACKAGE
-from tests.fixtures.registry import userinfo_url
+from tests.fixtures.server import Request, Response, Server, not_found, redirect, userinfo_url
 from tests.secrets_check import Secret, secret_forms
 
 INJECT_TTL_2 = "rules:\n  - name: short\n    action: inject\n    ttl: 2\n"
@@ -32,81 +29,19 @@ BLOCK = "rules:\n  - name: no-tokens-in-redirects\n    action: block\n"
 # -- a loopback server answering from a table ------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b"ok\n"
-
-
-def redirect(location: str, status: int = 302) -> Reply:
-    return Reply(status, [("Location", location)], b"")
-
-
-class Routes:
-    """HTTP(S) on loopback; `routes[path]` is what any method on that path gets, else 404."""
+class Routes(Server):
+    """`routes[target]` is what any method on that path (and query) gets, else 404."""
 
     def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
-        self.host, self.tls = host, tls
-        self.routes: dict[str, Reply] = {}
-        self.requests: list[tuple[str, str]] = []
-        self._httpd: ThreadingHTTPServer | None = None
+        super().__init__(host=host, tls=tls)
+        self.routes: dict[str, Response] = {}
 
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self._httpd.server_port}"
+    def respond(self, request: Request) -> Response:
+        return self.routes.get(request.target) or not_found()
 
-    def start(self) -> Routes:
-        owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                owner.requests.append((self.command, self.path))
-                reply = owner.routes.get(self.path, Reply(404, body=b"not found\n"))
-                self.send_response(reply.status)
-                for name, value in reply.headers:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(reply.body)
-
-            do_GET = do_HEAD = do_POST = do_PUT = _any
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def server_bind(self) -> None:  # no reverse DNS lookup (getfqdn) in sandboxes
-                socketserver.TCPServer.server_bind(self)
-                self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-            def finish_request(self, request: Any, client_address: Any) -> None:
-                request.settimeout(30)
-                conn = owner.tls.wrap_socket(request, server_side=True) if owner.tls else request
-                super().finish_request(conn, client_address)
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass
-
-        self._httpd = Server((self.host, 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
-                         daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+def ok() -> Response:
+    return Response(200, body=b"ok\n")
 
 
 # -- what a case gets to work with -----------------------------------------------------------------
@@ -301,7 +236,7 @@ def case_block_rule_in_observe_mode(env: Env) -> Path:
 def _leak(env: Env, target: Routes, observe: bool, trusted: bool = True) -> Path:
     start = env.routes(tls=True)
     start.routes["/start"] = redirect(f"{target.url}/landing")
-    target.routes["/landing"] = Reply()
+    target.routes["/landing"] = ok()
     flags = ["-L", "-u", f"aws:{env.secret()}"] + (["--location-trusted"] if trusted else [])
     with env.proxy(observe=observe) as proxy:
         env.curl(proxy, f"{start.url}/start", *flags)
@@ -345,7 +280,7 @@ def _curl_start(env: Env, server: Routes, *flags: str, path: str = "/start", **p
 @case(present="CH301", absent="CH201 CH203 CH110")
 def case_downgrade_to_plaintext(env: Env) -> Path:
     plain, start = env.routes(), env.routes(tls=True)
-    plain.routes["/landing"] = Reply()
+    plain.routes["/landing"] = ok()
     start.routes["/start"] = redirect(f"{plain.url}/landing")
     return _curl_start(env, start, "-L")
 
@@ -362,14 +297,14 @@ def case_too_many_hops(env: Env) -> Path:
     server = env.routes()
     for n in range(1, 13):
         server.routes[f"/hop/{n}"] = redirect(f"{server.url}/hop/{n - 1}")
-    server.routes["/hop/0"] = Reply()
+    server.routes["/hop/0"] = ok()
     return _curl_start(env, server, "-L", "--max-redirs", "20", path="/hop/12")
 
 
 @case(present="CH304", absent="CH305 CH502")
 def case_location_missing(env: Env) -> Path:
     server = env.routes()
-    server.routes["/start"] = Reply(302, body=b"")
+    server.routes["/start"] = Response(302)
     return _curl_start(env, server, "-L")
 
 
@@ -384,7 +319,7 @@ def case_location_unparseable(env: Env) -> Path:
 def case_relative_location(env: Env) -> Path:
     server = env.routes()
     server.routes["/rel/a/"] = redirect("../b/")
-    server.routes["/rel/b/"] = Reply()
+    server.routes["/rel/b/"] = ok()
     return _curl_start(env, server, "-L", path="/rel/a/")
 
 
@@ -392,7 +327,7 @@ def case_relative_location(env: Env) -> Path:
 def case_post_becomes_get_after_302(env: Env) -> Path:
     server = env.routes()
     server.routes["/form"] = redirect(f"{server.url}/done")
-    server.routes["/done"] = Reply()
+    server.routes["/done"] = ok()
     return _curl_start(env, server, "-L", "-d", "x=1", path="/form")
 
 
@@ -400,7 +335,7 @@ def case_post_becomes_get_after_302(env: Env) -> Path:
 def case_post_stays_post_after_307(env: Env) -> Path:
     server = env.routes()
     server.routes["/form"] = redirect(f"{server.url}/done", status=307)
-    server.routes["/done"] = Reply()
+    server.routes["/done"] = ok()
     return _curl_start(env, server, "-L", "-d", "x=1", path="/form")
 
 
@@ -408,7 +343,7 @@ def case_post_stays_post_after_307(env: Env) -> Path:
 def case_double_slash_in_the_location_path(env: Env) -> Path:
     server = env.routes()
     server.routes["/start"] = redirect(f"{server.url}/pypi//simple/")
-    server.routes["/pypi//simple/"] = Reply()
+    server.routes["/pypi//simple/"] = ok()
     return _curl_start(env, server, "-L")
 
 
@@ -420,7 +355,7 @@ def case_client_sends_its_own_authorization(env: Env) -> Path:
     server = env.routes(tls=True)
     port = server.url.rsplit(":", 1)[1]
     server.routes["/start"] = redirect(f"https://aws:{env.secret()}@127.0.0.1:{port}/private")
-    server.routes["/private"] = Reply()
+    server.routes["/private"] = ok()
     return _curl_start(env, server, "-L", "-H", f"Authorization: Bearer {env.secret()}")
 
 
@@ -457,6 +392,6 @@ def case_follow_up_cannot_connect(env: Env) -> Path:
 @case(present="CH104", absent="CH101 CH102 CH103")
 def case_server_error_after_the_redirect(env: Env) -> Path:
     target, start = env.routes("127.0.0.3"), env.routes()
-    target.routes["/boom"] = Reply(500, body=b"boom\n")
+    target.routes["/boom"] = Response(500, body=b"boom\n")
     start.routes["/start"] = redirect(f"{target.url}/boom")
     return _curl_start(env, start, "-L")

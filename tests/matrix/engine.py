@@ -136,11 +136,11 @@ def seen(requests, forms, expected: str | None) -> list[Seen]:
                 continue
             if any(leaks(v, forms) for v in vals):
                 elsewhere.append(name)
-        path = r.path
+        path = r.target  # path and query, as sent
         if leaks(path, forms):
             elsewhere.append("path")
             path = "<path with the token>"
-        out.append(Seen(r.method, path, getattr(r, "status", None) or None, auth, elsewhere))
+        out.append(Seen(r.method, path, r.status or None, auth, elsewhere))
     return out
 
 

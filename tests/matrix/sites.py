@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import ssl
 import subprocess
 import tarfile
 import threading
@@ -26,12 +27,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from tests.fixtures.pki import TestPKI
-from tests.fixtures.registry import AuthIndex, Redirector, Response
+from tests.fixtures.registry import AuthIndex, Redirector
+from tests.fixtures.server import AuthOrigin, Request, Response, Server, not_found, redirect
 from tests.fixtures.wheel import MODULE_VALUE
 
-from .servers import AuthOrigin, PathRedirector, Request
-
-_Server = TypeVar("_Server", AuthIndex, Redirector, AuthOrigin, PathRedirector)
+_Server = TypeVar("_Server", bound=Server)
 USER = "aws"
 PACKAGE = "credhop-demo-pkg"
 MODULE = "credhop_demo_pkg"
@@ -122,6 +122,21 @@ class Artifacts:
     wheel: Path
     npm: NpmPackage
     git_root: Path
+
+
+class PathRedirector(Server):
+    """Redirects every request below ``prefix`` to the same path and query on ``target``, with userinfo."""
+
+    def __init__(self, prefix: str, tls: ssl.SSLContext | None = None, status: int = 302) -> None:
+        super().__init__(tls=tls)
+        self.prefix = prefix
+        self.status = status
+        self.target: AuthOrigin | None = None
+
+    def respond(self, request: Request) -> Response:
+        if self.target is None or not request.path.startswith(self.prefix):
+            return not_found()
+        return redirect(self.target.credentials_url(request.target), self.status)
 
 
 # -- sites -----------------------------------------------------------------------------------
@@ -291,15 +306,15 @@ class GitSite(Site):
             "REQUEST_METHOD": request.method,
             "PATH_INFO": request.path[len("/git") :],
             "QUERY_STRING": request.query,
-            "CONTENT_TYPE": request.header("content-type") or "",
+            "CONTENT_TYPE": request.first_header("content-type") or "",
             "CONTENT_LENGTH": str(len(request.body)),
             "REMOTE_ADDR": "127.0.0.1",
             "REMOTE_USER": USER,
         }
         if request.header("content-encoding"):
-            env["HTTP_CONTENT_ENCODING"] = request.header("content-encoding") or ""
+            env["HTTP_CONTENT_ENCODING"] = request.first_header("content-encoding") or ""
         if request.header("git-protocol"):
-            env["GIT_PROTOCOL"] = request.header("git-protocol") or ""
+            env["GIT_PROTOCOL"] = request.first_header("git-protocol") or ""
         proc = subprocess.run(
             ["git", "http-backend"], input=request.body, env=env, capture_output=True, timeout=60
         )
