@@ -266,8 +266,8 @@ class CredHop:
             return
         try:
             await self._close_hop(flow, state)
-        except Exception as e:
-            self._internal_error(flow, "response", e)
+        except Exception as e:  # only bookkeeping failed: the answer itself is fine to deliver
+            self._internal_error(flow, "response", e, stop=False)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow.id, None)
@@ -440,15 +440,17 @@ class CredHop:
         self._store_failing = False
         return result
 
-    def _internal_error(self, flow: http.HTTPFlow, hook: str, error: Exception) -> None:
-        """Fail closed: a request credhop could not judge might carry a leak or need a strip, so it
-        does not go on; its client gets a 502 naming credhop. The message names no value."""
+    def _internal_error(self, flow: http.HTTPFlow, hook: str, error: Exception, stop: bool = True) -> None:
+        """Fail closed: a request credhop could not judge might carry a leak or need a strip, and a 3xx
+        it could not judge may carry a credential, so neither goes on; the client gets a 502 naming
+        credhop. The message names no value."""
         self.counters.add("internal_errors")
         # file and line only: an exception's text or locals may hold a secret
         where = "; ".join(f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_tb(error.__traceback__))
         log.error("credhop: internal error in %s for flow %s: %s at %s", hook, flow.id, type(error).__name__, where)
-        flow.response = http.Response.make(502, INTERNAL_ERROR, {"content-type": "text/plain; charset=utf-8"})
         self._flows.pop(flow.id, None)
+        if stop:
+            flow.response = http.Response.make(502, INTERNAL_ERROR, {"content-type": "text/plain; charset=utf-8"})
 
     # -- records ---------------------------------------------------------------------
 

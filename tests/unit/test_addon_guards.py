@@ -102,3 +102,35 @@ def test_a_3xx_made_by_another_addon_is_handled_in_response(hop):
 def test_a_3xx_seen_in_responseheaders_is_not_handled_twice(hop):
     f = run_redirect(hop, LOCATION)
     assert [r["event"] for r in hop.records()] == ["redirect"] and f.comment.count("\n") == 0
+
+
+def test_an_internal_error_fails_closed_with_a_502_and_names_no_secret(hop, monkeypatch, caplog):
+    from credhop import addon as addon_module
+
+    run_redirect(hop, LOCATION)
+
+    def broken(*args, **kwargs):
+        raise KeyError(f"aws:{ENCODED}")  # an exception whose text would leak
+
+    monkeypatch.setattr(addon_module, "decide_follow_up", broken)
+    monkeypatch.setattr(addon_module, "decide_redirect", broken)
+    with caplog.at_level(logging.DEBUG):
+        g = send(hop, "https://registry.example/s/")
+        f = run_redirect(hop, f"https://aws:{ENCODED}@registry.example/t/")
+    assert g.response.status_code == 502 and b"credhop" in g.response.content
+    assert f.response.status_code == 502 and "location" not in f.response.headers
+    assert hop.addon.counters["internal_errors"] == 2
+    assert "KeyError" in caplog.text and ENCODED not in caplog.text
+
+
+def test_a_final_answer_is_delivered_even_if_bookkeeping_fails(hop, monkeypatch):
+    run_redirect(hop, LOCATION)
+    g = send(hop, "https://registry.example/s/")
+    g.response = tflow.tresp(status_code=200)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("bookkeeping")
+
+    monkeypatch.setattr(hop.addon, "_close_hop", broken)
+    hop.response(g)
+    assert g.response.status_code == 200 and hop.addon.counters["internal_errors"] == 1
