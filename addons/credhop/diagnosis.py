@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
+from .records import EVENTS, Action, Event, Why
 from .urls import DEFAULT_PORTS, LocationError, parse_location
 
 SEVERITIES = ("error", "warning", "info")  # most severe first
 DENIED = frozenset((401, 403, 404))  # what registries answer a request without (valid) credentials
 MAX_HOPS = 10  # uv (reqwest) gives up after 10 redirects
-EVENTS = frozenset(("redirect", "inject", "response", "leak", "error"))
 REUSE_SHOWN = 5
 
 
@@ -162,11 +162,11 @@ class Hop:
 
     @property
     def injected(self) -> dict[str, Any] | None:
-        return next((i for i in self.injects if i.get("action") == "inject"), None)
+        return next((i for i in self.injects if i.get("action") == Action.INJECT), None)
 
     @property
     def skipped(self) -> dict[str, Any] | None:
-        return next((i for i in self.injects if i.get("action") == "skip"), None)
+        return next((i for i in self.injects if i.get("action") == Action.SKIP), None)
 
     @property
     def credential_sent(self) -> bool:
@@ -308,8 +308,8 @@ def _resolve(location: str | None, base: str) -> str | None:
 
 # Logs written before records carried `why` say it only in words.
 _WHY_BY_WORDS = (
-    ("Location header", "location-missing"), ("no rule matched", "no-rule"), ("plaintext", "plaintext-refused"),
-    ("already holds a live credential", "swap-refused"), ("parsers disagree", "parsers-disagree"),
+    ("Location header", Why.LOCATION_MISSING), ("no rule matched", Why.NO_RULE), ("plaintext", Why.PLAINTEXT_REFUSED),
+    ("already holds a live credential", Why.SWAP_REFUSED), ("parsers disagree", Why.PARSERS_DISAGREE),
 )
 
 
@@ -320,7 +320,7 @@ def why_of(reason: str | None, action: str | None) -> str | None:
     for words, why in _WHY_BY_WORDS:
         if words in reason:
             return why
-    return "location-unparseable" if action == "none" else "credential-unusable"
+    return Why.LOCATION_UNPARSEABLE if action == Action.NONE else Why.CREDENTIAL_UNUSABLE
 
 
 def _sent(value: Any) -> list[Sent]:
@@ -336,7 +336,7 @@ def _merge(hop: Hop, record: dict[str, Any]) -> None:
         hop.reuse = True
     if record.get("retry") is True:
         hop.retry = True
-    if event == "redirect":
+    if event == Event.REDIRECT:
         hop.redirect = True
         hop.status = _int(record.get("status"))
         hop.location, hop.target = _str(record.get("location")), _str(record.get("target"))
@@ -348,14 +348,14 @@ def _merge(hop: Hop, record: dict[str, Any]) -> None:
         hop.fingerprint, hop.ttl = _str(record.get("fingerprint")), _num(record.get("ttl"))
         hop.observe = record.get("observe") is True
         hop.sent = _sent(record.get("sent")) or hop.sent
-    elif event == "response":
+    elif event == Event.RESPONSE:
         hop.status = _int(record.get("status"))
         hop.sent = _sent(record.get("sent")) or hop.sent
-    elif event == "inject":
+    elif event == Event.INJECT:
         hop.injects.append(record)
-    elif event == "leak":
+    elif event == Event.LEAK:
         hop.leaks.append(record)
-    elif event == "error":
+    elif event == Event.ERROR:
         hop.error = _str(record.get("reason")) or "failed"
 
 
@@ -416,7 +416,7 @@ class _Grants:
         self.by_key: dict[tuple[str, str], list[tuple[Hop, str]]] = defaultdict(list)
         for chain in chains:
             for hop in chain.main:
-                if hop.action == "inject" and hop.ttl is not None and hop.target and not hop.observe:
+                if hop.action == Action.INJECT and hop.ttl is not None and hop.target and not hop.observe:
                     self.by_key[(chain.client, hop.target)].append((hop, chain.id))
 
     def expired(self, client: str, hop: Hop) -> tuple[Hop, str] | None:
@@ -438,13 +438,13 @@ def _what_credhop_did(hop: Hop, follow: Hop | None) -> str:
     rule = f"rule {hop.rule}" if hop.rule else "no rule"
     if hop.observe:
         return f"credhop only observed: it would {hop.action} it ({rule})"
-    if hop.action == "inject":
+    if hop.action == Action.INJECT:
         header = (follow.injected or follow.skipped or {}).get("header") if follow else None
         ttl = f", ttl {hop.ttl:g} s" if hop.ttl else ""
         return f"credhop moved it into the {header or 'request'} header for {hop.target} ({rule}{ttl})"
-    if hop.action == "strip":
+    if hop.action == Action.STRIP:
         return f"credhop removed it from the Location ({rule})"
-    if hop.action == "block":
+    if hop.action == Action.BLOCK:
         return f"credhop blocked the redirect ({rule})"
     if hop.reason:
         return f"credhop left it in the Location: {hop.reason}"
@@ -468,13 +468,13 @@ def _lost_source(chain: Chain, prev: Hop | None, hop: Hop, grants: _Grants) -> t
     if prev and prev.fingerprint:
         where = f"the Location of hop {prev.index} carried one ({prev.credential_label})"
         if prev.observe:
-            into = " into the follow-up" if prev.action == "inject" else ""
+            into = " into the follow-up" if prev.action == Action.INJECT else ""
             fix = (f"credhop only observed (credhop_observe=true); without it rule {prev.rule} would "
                    f"{prev.action} this credential{into}; or use a client that keeps Location userinfo "
                    "(uv >= 0.7.16)")
-        elif prev.action == "strip":
+        elif prev.action == Action.STRIP:
             fix = f"rule {prev.rule} strips the credential: use action: inject to move it into a header"
-        elif prev.action == "inject":
+        elif prev.action == Action.INJECT:
             fix = (f"credhop held it for {prev.target}, but this request went to {hop.origin} or came too "
                    "late; check the Location's host, port and scheme")
         else:
@@ -535,7 +535,7 @@ def _check_leaks(chain: Chain, grants: _Grants) -> Iterator[Finding]:
                     f"the redirect from {leak.get('came_from')} ({kind})")
             fix = ("the client forwards secrets across origins on redirect (curl --location-trusted, old "
                    "requests or urllib3): upgrade it or change its options")
-            if leak.get("action") == "strip":
+            if leak.get("action") == Action.STRIP:
                 yield _f("CH204", f"{what}; credhop removed it (on_leak: strip)", fix, hop.index)
             elif kind == "scheme-downgrade" or target.startswith("http://"):
                 yield _f("CH203", f"{what}, readable on the network",
@@ -557,10 +557,10 @@ def _check_redirect_shape(chain: Chain, grants: _Grants) -> Iterator[Finding]:
                      "whatever the follow-up carries crosses the network unencrypted: make the redirector "
                      "point to https", hop.index)
         reason = hop.reason or ""
-        if hop.why in ("location-missing", "location-several"):
+        if hop.why in (Why.LOCATION_MISSING, Why.LOCATION_SEVERAL):
             yield _f("CH304", f"the {hop.status} of hop {hop.index} came with {reason}",
                      "the server must send exactly one Location with a 3xx; fix the redirector", hop.index)
-        elif hop.why == "location-unparseable":
+        elif hop.why == Why.LOCATION_UNPARSEABLE:
             yield _f("CH305", f"the Location of hop {hop.index} cannot be followed: {reason}",
                      "the server must send an absolute or relative http(s) URL; fix the redirector",
                      hop.index)
@@ -623,28 +623,28 @@ def _check_injection(chain: Chain, grants: _Grants) -> Iterator[Finding]:
         if not (hop.redirect and hop.fingerprint):
             continue
         reason, why = hop.reason or "", hop.why
-        if hop.action == "block" and not hop.observe:
+        if hop.action == Action.BLOCK and not hop.observe:
             yield _f("CH407", f"rule {hop.rule} blocked the {hop.status} of hop {hop.index} to "
                      f"{hop.target}; the client got 403",
                      "if the redirect is legitimate, change the rule's action to inject", hop.index)
-        elif why == "no-rule":
+        elif why == Why.NO_RULE:
             yield _f("CH405", f"the credential for {hop.target} matched no rule and stayed in the Location",
                      "add a rule (action: inject) that matches this host; most clients drop the credential",
                      hop.index)
-        elif why == "plaintext-refused":
+        elif why == Why.PLAINTEXT_REFUSED:
             yield _f("CH403", f"credhop did not inject for {hop.target}: {reason}",
                      "use https for the registry, or set allow_plaintext: true on a rule for this host only",
                      hop.index)
-        elif why == "swap-refused":
+        elif why == Why.SWAP_REFUSED:
             yield _f("CH408", f"credhop did not inject for {hop.target}: {reason}",
                      "credhop keeps the first redirector's credential so another site cannot swap it; if "
                      "both redirectors are yours, let one hand out the credential, or wait for the TTL",
                      hop.index)
-        elif why == "parsers-disagree":
+        elif why == Why.PARSERS_DISAGREE:
             yield _f("CH404", f"credhop did not inject for hop {hop.index}: {reason}",
                      "the Location is ambiguous (backslash or '@' tricks) and may be crafted to send the "
                      "credential elsewhere: check the redirector", hop.index)
-        elif why == "credential-unusable" and hop.action == "keep":
+        elif why == Why.CREDENTIAL_UNUSABLE and hop.action == Action.KEEP:
             yield _f("CH406", f"credhop did not inject for {hop.target}: {reason}",
                      "the userinfo holds something no header may carry; fix the credential the redirector "
                      "hands out", hop.index)
@@ -659,7 +659,7 @@ def _check_follow_ups(chain: Chain, grants: _Grants) -> Iterator[Finding]:
                      hop.index)
     last = main[-1] if main else None
     stuck = any(f.code in ("CH302", "CH303") for f in chain.findings)
-    if (last and last.redirect and last.action not in ("none", "block") and not last.error
+    if (last and last.redirect and last.action not in (Action.NONE, Action.BLOCK) and not last.error
             and last.target and not stuck):
         yield _f("CH502", f"nothing shows the client following hop {last.index}'s {last.status} to "
                  f"{last.target}",
@@ -694,7 +694,7 @@ CHECKS: tuple[Check, ...] = (_check_location_credential, _check_denied, _check_l
 def _move(prev: Hop, hop: Hop) -> str | None:
     """What happened to a credential between a redirect and its follow-up, in one word."""
     if hop.leaks:
-        return "leaked" if any(leak.get("action") != "strip" for leak in hop.leaks) else "leak-stripped"
+        return "leaked" if any(leak.get("action") != Action.STRIP for leak in hop.leaks) else "leak-stripped"
     if hop.injected:
         return "injected"
     if hop.skipped:
@@ -704,7 +704,7 @@ def _move(prev: Hop, hop: Hop) -> str | None:
     if hop.sent:
         return "client-credential"
     if prev.fingerprint or prev.sent:
-        if prev.fingerprint and prev.action == "strip" and not prev.observe:
+        if prev.fingerprint and prev.action == Action.STRIP and not prev.observe:
             return "stripped"
         return "lost" if hop.status in DENIED else "dropped"
     return None
@@ -728,7 +728,7 @@ def _assess(chain: Chain, grants: _Grants) -> None:
             if finding.code == "CH101" and hop.move in (None, "dropped"):
                 hop.move = "lost"  # e.g. a credential credhop held until its TTL ran out
     last = main[-1] if main else None
-    blocked = last is not None and last.action == "block" and not last.observe  # the client got credhop's 403
+    blocked = last is not None and last.action == Action.BLOCK and not last.observe  # the client got credhop's 403
     if chain.has_error() or blocked or (last and (last.error or (last.status or 0) >= 400)):
         chain.verdict = "failed"
     elif last and not last.redirect and last.status is not None:
