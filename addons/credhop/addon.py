@@ -10,10 +10,8 @@ for the sinks (hop log, event log, recent chains, counters).
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 import os
-import secrets
 import sys
 import time
 import traceback
@@ -24,7 +22,7 @@ from typing import Any, Awaitable, NoReturn, TypeVar
 
 from mitmproxy import command, ctx, exceptions, http
 
-from .bodies import Decoded, Replacer, Scrubber, decoder, readable, userinfo_replacements
+from .bodies import Replacer, Scrubber
 from .credentials import Fingerprinter, credential_from_header
 from .decide import REDIRECTS, FollowUp, Redirect, RedirectDecision, decide_follow_up, decide_redirect, next_position
 from .diagnosis import Chain, diagnose
@@ -33,16 +31,16 @@ from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
 from .records import Action, ErrorRecord, InjectRecord, LeakRecord, Record, RedirectRecord, ResponseRecord, Why
 from .report import render_text, summary_line
 from .rules import MAX_TTL, RuleSet, RulesError, load_rules
-from .scrub import DEFAULT_SECRET_HEADERS, Redactor, SecretFilter, printable, secret_header_names
+from .flows import add_header, apply_redirect, client_of, finish_body, mark, origin_of, url_of
+from .options import declare, deferred_problem, fingerprint_key
+from .scrub import Redactor, SecretFilter, secret_header_names
 from .sinks import Counters, EventLog, HopLogFile, RecentChains, Sinks
 from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable
-from .urls import Origin, normalize_url, redact_loose, redact_url, request_url
+from .urls import normalize_url, redact_loose, redact_url
 
 log = logging.getLogger("credhop")
 
-DEFAULT_RULES = Path(__file__).with_name("rules.yaml")  # package data: shipped in the wheel
 META = "credhop"  # flow.metadata key: {"chain", "hop"}, plain values so saved flows stay writable
-MARKER = ":key:"
 RELOAD_INTERVAL = 1.0
 MAX_LIVE_FLOWS = 10_000
 STORE_DEADLINE = 0.5  # seconds: mitmproxy runs no timeout while a hook awaits
@@ -89,62 +87,12 @@ class CredHop:
     # -- lifecycle -----------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "credhop_rules", str, str(DEFAULT_RULES) if DEFAULT_RULES.exists() else "",
-            "Path of the credhop rules file (YAML). Edits are picked up while running.",
-        )
-        loader.add_option(
-            "credhop_log", str, "",
-            "Append one JSON object per credential hop to this file (created 0600). Empty: no file.",
-        )
-        loader.add_option(
-            "credhop_observe", bool, False,
-            "Observe only: decide and log what the rules would do, change no request or response.",
-        )
-        loader.add_option(
-            "credhop_ttl", int, 600,
-            f"Seconds (1..{MAX_TTL}) an injected credential stays valid for follow-ups, unless its rule sets ttl.",
-        )
-        loader.add_option(
-            "credhop_max_credentials", int, 10_000,
-            "Most credentials held at once; when full, the client holding the most loses its least recently used.",
-        )
-        loader.add_option(
-            "credhop_secret_headers", str, ",".join(DEFAULT_SECRET_HEADERS),
-            "Comma-separated request headers that carry secrets, besides Authorization, "
-            "Proxy-Authorization and Cookie: watched for leaks across redirects and scrubbed from logs.",
-        )
-        loader.add_option(
-            "credhop_fingerprint_key", str, "",
-            "File holding the HMAC key for credential fingerprints. Empty: "
-            "credhop-fingerprint.key in mitmproxy's confdir, created on first use. "
-            "Share it between proxies to get comparable fingerprints.",
-        )
-        self._check_deferred(loader.master)
+        declare(loader)
+        problem = deferred_problem(loader.master.options, self.redactor)
+        if problem:
+            self._fail(loader.master, problem)
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.filter)
-
-    def _check_deferred(self, master: Any) -> None:
-        """`--set credhop_…` values mitmproxy holds until a script declares the option: a name or a
-        value it cannot use would otherwise make the script fail to load without a word."""
-        options = master.options
-        deferred = getattr(options, "deferred", {})
-        known = sorted(o for o in options.keys() if o.startswith("credhop_"))
-        for name in [n for n in deferred if n.startswith("credhop")]:
-            if name not in known:
-                hint = difflib.get_close_matches(name, known, n=1)
-                self._fail(master, f"unknown option {name!r}"
-                           f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; credhop options: {', '.join(known)}")
-            raw = deferred[name]
-            values = getattr(raw, "val", None)
-            if values is None or not hasattr(options, "_parse_setval"):
-                continue  # a value set programmatically, already typed
-            try:
-                options._parse_setval(options._options[name], values)
-            except exceptions.OptionsError as e:
-                shown = self.redactor(" ".join(values))
-                why = str(e).removeprefix(f"Failed to parse option {name}: ")
-                self._fail(master, f"{name}={shown!r}: {why}")
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -178,7 +126,7 @@ class CredHop:
                 raise exceptions.OptionsError(f"credhop_rules: {e}") from None
         fingerprint = self.fingerprint
         if "credhop_fingerprint_key" in updated or fingerprint is None:
-            fingerprint = Fingerprinter(self._fingerprint_key(opts.credhop_fingerprint_key))
+            fingerprint = Fingerprinter(fingerprint_key(opts.credhop_fingerprint_key, opts.confdir))
         redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
         hoplog = self._open_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
 
@@ -230,7 +178,7 @@ class CredHop:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or flow.is_replay == "request":
             return
-        client = _client(flow)
+        client = client_of(flow)
         awaited = self.pending.awaits(client)
         if not awaited and not self.store.may_hold(client):
             return  # nothing pending, nothing held: the common case costs two lookups
@@ -278,10 +226,10 @@ class CredHop:
 
     async def _follow_up(self, flow: http.HTTPFlow, client: str, awaited: bool) -> None:
         request = flow.request
-        origin = _origin(request)
+        origin = origin_of(request)
         position = watch = None
         if awaited:
-            position = await self._ask(self.pending.follow(client, normalize_url(_url(request))), None)
+            position = await self._ask(self.pending.follow(client, normalize_url(url_of(request))), None)
             if position is None:
                 watch = await self._ask(self.pending.watching(client, origin), None)
         held = await self._ask(self.store.get(client, origin), None) if self.store.may_hold(client) else None
@@ -303,7 +251,7 @@ class CredHop:
                 self._emit(LeakRecord(**self._base(flow, position), header=leak.header, fingerprint=leak.fingerprint,
                                       kind=leak.kind, came_from=str(position.came_from), target=str(origin),
                                       action=action))
-                _mark(flow, f"credhop: client re-sent {leak.header} to {origin} ({leak.kind}); {action}")
+                mark(flow, f"credhop: client re-sent {leak.header} to {origin} ({leak.kind}); {action}")
             state.sent = None  # recomputed without what was stripped
         grant = decision.inject or decision.skipped
         if grant is None:
@@ -318,25 +266,22 @@ class CredHop:
             return
         self._inject(flow, state, grant)
         self._emit(InjectRecord(**self._base(flow, position), **fields, action=Action.INJECT))
-        _mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
+        mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
 
     def _inject(self, flow: http.HTTPFlow, state: FlowState, grant: Grant) -> None:
         assert self.fingerprint is not None
-        request = flow.request
-        # HTTP/2 and 3 want lower-case names (mitmproxy would lower-case and warn on every request)
-        name = grant.header if request.http_version.startswith("HTTP/1") else grant.header.lower()
-        request.headers[name] = grant.value
+        add_header(flow.request, grant)
         state.injected = (grant.header.lower(), self.fingerprint(credential_from_header(grant.header, grant.value)[1]))
         state.sent = None
 
     async def _redirect(self, flow: http.HTTPFlow, streamed: bool) -> None:
         assert self.fingerprint is not None and flow.response is not None
         request, response = flow.request, flow.response
-        client = _client(flow)
+        client = client_of(flow)
         state = self._state(flow)
         state.redirect_seen = True
         position = state.position or self._place(flow, new_chain())
-        redirect = Redirect(client, _url(request), _origin(request), response.status_code,
+        redirect = Redirect(client, url_of(request), origin_of(request), response.status_code,
                             tuple(response.headers.get_all("location")))
         decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, self.clock(),
                                    ChainPosition(position.chain, position.hop + 1))
@@ -351,70 +296,21 @@ class CredHop:
         self._emit(self._redirect_record(flow, position, decision, sent))
         if decision.fingerprint:
             would = " (observe)" if self.observe else ""
-            _mark(flow, f"credhop{would}: {decision.action} credential in Location -> "
+            mark(flow, f"credhop{would}: {decision.action} credential in Location -> "
                         f"{decision.location.origin if decision.location else '?'} ({decision.fingerprint})")
         if not self.observe:
-            self._apply(flow, state, decision, streamed)
+            state.body = apply_redirect(flow, decision, streamed, self.redactor)
         if decision.location:
             await self._ask(self.pending.expect(client, normalize_url(decision.location.url), decision.location.origin,
                                                 next_position(redirect, position, decision, sent, state.stripped)),
                             None)
 
-    def _apply(self, flow: http.HTTPFlow, state: FlowState, decision: RedirectDecision, streamed: bool) -> None:
-        response = flow.response
-        location = decision.location
-        assert response is not None
-        if decision.rewrites_location and location:
-            response.headers["location"] = location.stripped
-            userinfo = _userinfo_text(location.raw)
-            if userinfo:
-                state.body = Scrubber(userinfo_replacements(userinfo))
-                if streamed:
-                    _rewrite_body(flow, state.body)
-                else:
-                    self._finish_body(flow, state)
-        elif decision.action is Action.BLOCK and location and decision.rule:
-            assert location.credential is not None
-            message = self.redactor(printable(one_line=True, text=
-                f"credhop: rule {decision.rule.name!r} blocked a {response.status_code} redirect from "
-                f"{redact_url(_url(flow.request))} to {location.redacted} "
-                f"(credential user={location.credential.display_user or '(token)'} {decision.fingerprint}).")
-            ).encode() + b"\n"
-            response.status_code, response.reason = 403, "Forbidden"
-            response.headers = http.Headers(content_type="text/plain; charset=utf-8",
-                                            content_length=str(len(message)))
-            state.body = Replacer(message)
-            if streamed:
-                response.stream = state.body
-            else:
-                self._finish_body(flow, state)
-
-    def _finish_body(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """Rewrite a body mitmproxy buffered (not streamed through `state.body`)."""
-        response, body = flow.response, state.body
-        assert response is not None
-        if isinstance(body, Replacer) and not body.done:
-            response.content = body.body
-            body.done = True
-        elif isinstance(body, Scrubber) and response.raw_content:
-            try:
-                if not readable(response.headers.get("content-encoding", "")):
-                    raise ValueError("unknown content-encoding")  # mitmproxy would pass it as is
-                response.content = body.scrub(response.get_content(strict=True) or b"")
-            except ValueError:  # an encoding credhop cannot read: drop the body rather than pass it
-                response.headers.pop("content-encoding", None)
-                response.raw_content = b""
-                if "content-length" in response.headers:
-                    response.headers["content-length"] = "0"
-        if body is not None and getattr(body, "removed", 0):
-            self.counters.add("body_scrubbed")
-            body.removed = 0  # type: ignore[union-attr]
-
     async def _close_hop(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """The final answer to a follow-up, so a report can tell what the client got."""
         response = flow.response
         assert response is not None
-        self._finish_body(flow, state)
+        if state.body is not None and finish_body(response, state.body):
+            self.counters.add("body_scrubbed")
         position = state.position
         if not position or position.hop == 0 or response.status_code in REDIRECTS:
             return
@@ -422,8 +318,8 @@ class CredHop:
                                   sent=[s.as_record() for s in self._sent(flow, state)] or None))
         if response.status_code == 401 and not state.reuse and not position.retry:
             # clients such as pip ask again, with credentials: that request continues this hop
-            await self._ask(self.pending.expect(_client(flow), normalize_url(_url(flow.request)),
-                                                _origin(flow.request), replace(position, retry=True)), None)
+            await self._ask(self.pending.expect(client_of(flow), normalize_url(url_of(flow.request)),
+                                                origin_of(flow.request), replace(position, retry=True)), None)
 
     async def _ask(self, call: Awaitable[T], fallback: T) -> T:
         """A store call with its own deadline: a slow or broken store never stalls the flow, and
@@ -455,8 +351,8 @@ class CredHop:
     # -- records ---------------------------------------------------------------------
 
     def _base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:
-        return dict(ts=round(self.clock(), 6), client=_client(flow), chain=position.chain, hop=position.hop,
-                    flow=flow.id, method=flow.request.method, url=redact_url(_url(flow.request)),
+        return dict(ts=round(self.clock(), 6), client=client_of(flow), chain=position.chain, hop=position.hop,
+                    flow=flow.id, method=flow.request.method, url=redact_url(url_of(flow.request)),
                     retry=position.retry, reuse=reuse)
 
     def _redirect_record(self, flow: http.HTTPFlow, position: ChainPosition, decision: RedirectDecision,
@@ -555,21 +451,6 @@ class CredHop:
                     log.error("credhop: unexpected error reloading %s; keeping the previous rules", path)
                 self._rules_stamp = _stamp(path)  # a broken file is reported once per edit
 
-    def _fingerprint_key(self, path: str) -> bytes:
-        key_path = Path(path or Path(ctx.options.confdir).expanduser() / "credhop-fingerprint.key").expanduser()
-        try:
-            if not key_path.exists():
-                key_path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32) + "\n")
-            key = key_path.read_bytes().strip()
-        except OSError as e:
-            raise exceptions.OptionsError(f"credhop_fingerprint_key: {key_path}: {e.strerror or e}") from None
-        if len(key) < 16:
-            raise exceptions.OptionsError(f"credhop_fingerprint_key: {key_path} holds fewer than 16 bytes")
-        return key
-
     @staticmethod
     def _open_hoplog(path: str, redactor: Redactor) -> HopLogFile | None:
         if not path:
@@ -583,57 +464,6 @@ class CredHop:
 def _exit_at_start(message: str) -> NoReturn:
     print(f"credhop: {message}", file=sys.stderr, flush=True)
     raise SystemExit(1)
-
-
-def _mark(flow: http.HTTPFlow, comment: str) -> None:
-    comment = printable(comment, one_line=True)  # user names and hosts come from the network
-    flow.marked = MARKER
-    flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
-
-
-def _origin(request: http.Request) -> Origin:
-    """Where mitmproxy really sends the request: never the Host header."""
-    return Origin(request.scheme, request.host.lower(), request.port)
-
-
-def _url(request: http.Request) -> str:
-    """The request's URL as URL parsers read it (mitmproxy's `Request.url` leaves IPv6 hosts bare)."""
-    return request_url(request.scheme, request.host, request.port, request.path)
-
-
-def _rewrite_body(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
-    """Route the 3xx body through `rewriter`, streamed or not; its length may change,
-    so the framing towards the client changes with it."""
-    response = flow.response
-    assert response is not None
-    if response.headers.get("content-length") == "0":
-        return
-    client_version = flow.request.http_version
-    if client_version == "HTTP/1.0":  # no chunked framing: buffer, and scrub in `response`
-        response.stream = False
-        return
-    response.headers.pop("content-length", None)
-    if client_version == "HTTP/1.1":
-        response.headers["transfer-encoding"] = "chunked"
-    encoding = response.headers.pop("content-encoding", "").strip().lower()
-    if readable(encoding) and decoder(encoding) is None:  # identity
-        response.stream = rewriter
-        return
-    # compressed: the scrubber must see plain bytes; what credhop cannot decode is not passed on
-    decompress = decoder(encoding)
-    response.stream = Decoded(decompress, rewriter) if decompress else Replacer(b"")
-
-
-def _client(flow: http.HTTPFlow) -> str:
-    peer = flow.client_conn.peername
-    return str(peer[0]) if peer else "unknown"
-
-
-def _userinfo_text(raw: str) -> str | None:
-    """The `user:password@` text of a Location, as it may also appear in the 3xx body."""
-    head, sep, rest = raw.partition("//")
-    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    return authority[: authority.rindex("@") + 1] if sep and "@" in authority else None
 
 
 def _stamp(path: str) -> tuple[float, int] | None:

@@ -9,8 +9,8 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from tests.unit.addon_helpers import (  # noqa: F401  (hop is a fixture)
-    ENCODED, basic, follow, hop, redirect, run_redirect, send,
+from tests.unit.addon_helpers import (
+    ENCODED, basic, follow, redirect, run_redirect, send,
 )
 
 LOCATION = f"https://aws:{ENCODED}@registry.example/s/"

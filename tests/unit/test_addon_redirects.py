@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import stat
 
 import pytest
-from mitmproxy import exceptions
 from mitmproxy.test import tflow
 
 from tests.secrets_check import assert_no_leak
-from tests.unit.addon_helpers import (  # noqa: F401  (hop is a fixture)
-    CLIENT, ENCODED, FORMS, TOKEN, basic, follow, hop, redirect, run_redirect, send,
+from tests.unit.addon_helpers import (
+    ENCODED, FORMS, redirect, run_redirect, send,
 )
 
 

@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 
 import credhop
-from credhop import addon
+from credhop import addon, options
 from credhop.rules import load_rules
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_default_rules_are_package_data():
-    assert addon.DEFAULT_RULES.exists()
-    assert addon.DEFAULT_RULES.parent == Path(credhop.__file__).parent  # inside the package, not the checkout
-    assert load_rules(addon.DEFAULT_RULES).rules
+    assert options.DEFAULT_RULES.exists()
+    assert options.DEFAULT_RULES.parent == Path(credhop.__file__).parent  # inside the package, not the checkout
+    assert load_rules(options.DEFAULT_RULES).rules
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert addon.DEFAULT_RULES.name in package_data["credhop"]  # or the wheel ships without it
+    assert options.DEFAULT_RULES.name in package_data["credhop"]  # or the wheel ships without it
 
 
 def test_one_rules_file():
@@ -36,7 +36,7 @@ def test_credhop_rules_defaults_to_the_packaged_file():
     from mitmproxy.test import taddons
 
     with taddons.context(addon.CredHop()) as tctx:
-        assert Path(tctx.options.credhop_rules) == addon.DEFAULT_RULES
+        assert Path(tctx.options.credhop_rules) == options.DEFAULT_RULES
 
 
 # -- `credhop proxy`: mitmdump with credhop built in -------------------------------------------------
@@ -80,7 +80,7 @@ def test_proxy_refuses_a_bad_credhop_option_before_listening(tmp_path, value, sa
 def test_proxy_lists_credhop_options(tmp_path):
     result = _run(_proxy_argv(tmp_path, "--options"), tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"credhop_rules: {addon.DEFAULT_RULES}" in result.stdout
+    assert f"credhop_rules: {options.DEFAULT_RULES}" in result.stdout
     assert "credhop_ttl: 600" in result.stdout
 
 
@@ -111,7 +111,7 @@ def test_proxy_applies_the_defaults_before_listening(tmp_path):
             proc.wait()
     output = "".join(seen)
     assert "proxy listening" in output, output
-    assert re.search(rf"credhop: loaded \d+ rule\(s\) from {re.escape(str(addon.DEFAULT_RULES))}\n", output), output
+    assert re.search(rf"credhop: loaded \d+ rule\(s\) from {re.escape(str(options.DEFAULT_RULES))}\n", output), output
     assert (tmp_path / "conf" / "credhop-fingerprint.key").exists()
 
 

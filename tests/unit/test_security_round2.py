@@ -17,8 +17,8 @@ from credhop.credentials import Credential, secret_like_user
 from credhop.scrub import Redactor
 from credhop.urls import normalize_url, redact_url
 from tests.secrets_check import assert_no_leak
-from tests.unit.addon_helpers import (  # noqa: F401  (hop is a fixture)
-    CLIENT, ENCODED, FORMS, TOKEN, basic, follow, hop, redirect, run_redirect, send,
+from tests.unit.addon_helpers import (
+    CLIENT, ENCODED, FORMS, TOKEN, basic, redirect, run_redirect, send,
 )
 
 OWN = basic("me", "my-own-secret")

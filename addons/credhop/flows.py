@@ -1,0 +1,128 @@
+"""What credhop reads from a mitmproxy flow, and the changes it makes to one.
+
+The decisions come from `decide.py`; this module only knows how a decision
+looks on a flow: who the client is, where a request really goes, the header
+added, the Location stripped, the 3xx body scrubbed or replaced by a block page.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from .bodies import Decoded, Replacer, Scrubber, decoder, readable, userinfo_replacements
+from .decide import RedirectDecision
+from .records import Action
+from .scrub import Redactor, printable
+from .store import Grant
+from .urls import Origin, redact_url, request_url
+
+MARKER = ":key:"
+BodyRewriter = Scrubber | Replacer
+
+
+def client_of(flow: http.HTTPFlow) -> str:
+    peer = flow.client_conn.peername
+    return str(peer[0]) if peer else "unknown"
+
+
+def origin_of(request: http.Request) -> Origin:
+    """Where mitmproxy really sends the request: never the Host header."""
+    return Origin(request.scheme, request.host.lower(), request.port)
+
+
+def url_of(request: http.Request) -> str:
+    """The request's URL as URL parsers read it (mitmproxy's `Request.url` leaves IPv6 hosts bare)."""
+    return request_url(request.scheme, request.host, request.port, request.path)
+
+
+def mark(flow: http.HTTPFlow, comment: str) -> None:
+    """The :key: marker and a comment in mitmweb and the console."""
+    comment = printable(comment, one_line=True)  # user names and hosts come from the network
+    flow.marked = MARKER
+    flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
+
+
+def add_header(request: http.Request, grant: Grant) -> None:
+    # HTTP/2 and 3 want lower-case names (mitmproxy would lower-case and warn on every request)
+    name = grant.header if request.http_version.startswith("HTTP/1") else grant.header.lower()
+    request.headers[name] = grant.value
+
+
+def apply_redirect(flow: http.HTTPFlow, decision: RedirectDecision, streamed: bool,
+                   redactor: Redactor) -> BodyRewriter | None:
+    """Strip the Location (inject, strip) or answer with a block page; return what rewrites the body.
+    `streamed`: the body is still to come (responseheaders), else mitmproxy has it (response)."""
+    response, location = flow.response, decision.location
+    assert response is not None
+    body: BodyRewriter | None = None
+    if decision.rewrites_location and location:
+        response.headers["location"] = location.stripped
+        userinfo = _userinfo_text(location.raw)
+        if userinfo:
+            body = Scrubber(userinfo_replacements(userinfo))
+            if streamed:
+                _stream_through(flow, body)
+    elif decision.action is Action.BLOCK and location and decision.rule:
+        assert location.credential is not None
+        message = redactor(printable(one_line=True, text=(
+            f"credhop: rule {decision.rule.name!r} blocked a {response.status_code} redirect from "
+            f"{redact_url(url_of(flow.request))} to {location.redacted} "
+            f"(credential user={location.credential.display_user or '(token)'} {decision.fingerprint})."))
+        ).encode() + b"\n"
+        response.status_code, response.reason = 403, "Forbidden"
+        response.headers = http.Headers(content_type="text/plain; charset=utf-8", content_length=str(len(message)))
+        body = Replacer(message)
+        if streamed:
+            response.stream = body
+    if body is not None and not streamed:
+        finish_body(response, body)
+    return body
+
+
+def finish_body(response: http.Response, body: BodyRewriter) -> int:
+    """Rewrite a body mitmproxy buffered instead of streaming it through `body`; the number of
+    userinfo copies removed (so far, streamed ones included)."""
+    if isinstance(body, Replacer) and not body.done:
+        response.content = body.body
+        body.done = True
+    elif isinstance(body, Scrubber) and response.raw_content:
+        try:
+            if not readable(response.headers.get("content-encoding", "")):
+                raise ValueError("unknown content-encoding")  # mitmproxy would pass it as is
+            response.content = body.scrub(response.get_content(strict=True) or b"")
+        except ValueError:  # an encoding credhop cannot read: drop the body rather than pass it
+            response.headers.pop("content-encoding", None)
+            response.raw_content = b""
+            if "content-length" in response.headers:
+                response.headers["content-length"] = "0"
+    return getattr(body, "removed", 0)
+
+
+def _stream_through(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
+    """Route the 3xx body through `rewriter`, streamed or not; its length may change,
+    so the framing towards the client changes with it."""
+    response = flow.response
+    assert response is not None
+    if response.headers.get("content-length") == "0":
+        return
+    client_version = flow.request.http_version
+    if client_version == "HTTP/1.0":  # no chunked framing: buffer, and scrub in `response`
+        response.stream = False
+        return
+    response.headers.pop("content-length", None)
+    if client_version == "HTTP/1.1":
+        response.headers["transfer-encoding"] = "chunked"
+    encoding = response.headers.pop("content-encoding", "").strip().lower()
+    if readable(encoding) and decoder(encoding) is None:  # identity
+        response.stream = rewriter
+        return
+    # compressed: the scrubber must see plain bytes; what credhop cannot decode is not passed on
+    decompress = decoder(encoding)
+    response.stream = Decoded(decompress, rewriter) if decompress else Replacer(b"")
+
+
+def _userinfo_text(raw: str) -> str | None:
+    """The `user:password@` text of a Location, as it may also appear in the 3xx body."""
+    head, sep, rest = raw.partition("//")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return authority[: authority.rindex("@") + 1] if sep and "@" in authority else None

@@ -1,0 +1,93 @@
+"""credhop's mitmproxy options: declared once, with help text, and the checks mitmproxy cannot make.
+
+mitmproxy parses `--set credhop_…` only once a script has declared the option;
+a name or value it cannot use would make the script fail to load without a
+word, so `deferred_problem` looks first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import exceptions
+
+from .rules import MAX_TTL
+from .scrub import DEFAULT_SECRET_HEADERS, Redactor
+
+DEFAULT_RULES = Path(__file__).with_name("rules.yaml")  # package data: shipped in the wheel
+PREFIX = "credhop_"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    type: type
+    default: Any
+    help: str
+
+
+OPTIONS = (
+    Option("credhop_rules", str, str(DEFAULT_RULES) if DEFAULT_RULES.exists() else "",
+           "Path of the credhop rules file (YAML). Edits are picked up while running."),
+    Option("credhop_log", str, "",
+           "Append one JSON object per credential hop to this file (created 0600). Empty: no file."),
+    Option("credhop_observe", bool, False,
+           "Observe only: decide and log what the rules would do, change no request or response."),
+    Option("credhop_ttl", int, 600,
+           f"Seconds (1..{MAX_TTL}) an injected credential stays valid for follow-ups, unless its rule sets ttl."),
+    Option("credhop_max_credentials", int, 10_000,
+           "Most credentials held at once; when full, the client holding the most loses its least recently used."),
+    Option("credhop_secret_headers", str, ",".join(DEFAULT_SECRET_HEADERS),
+           "Comma-separated request headers that carry secrets, besides Authorization, "
+           "Proxy-Authorization and Cookie: watched for leaks across redirects and scrubbed from logs."),
+    Option("credhop_fingerprint_key", str, "",
+           "File holding the HMAC key for credential fingerprints. Empty: credhop-fingerprint.key in "
+           "mitmproxy's confdir, created on first use. Share it between proxies to get comparable fingerprints."),
+)
+
+
+def declare(loader: Any) -> None:
+    for option in OPTIONS:
+        loader.add_option(option.name, option.type, option.default, option.help)
+
+
+def deferred_problem(options: Any, redactor: Redactor) -> str | None:
+    """What is wrong with the `--set credhop_…` values mitmproxy still holds, in one line, or None."""
+    deferred = getattr(options, "deferred", {})
+    known = sorted(o for o in options.keys() if o.startswith(PREFIX))
+    for name in [n for n in deferred if n.startswith("credhop")]:
+        if name not in known:
+            hint = difflib.get_close_matches(name, known, n=1)
+            return (f"unknown option {name!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                    f"credhop options: {', '.join(known)}")
+        values = getattr(deferred[name], "val", None)
+        if values is None or not hasattr(options, "_parse_setval"):
+            continue  # a value set programmatically, already typed
+        try:
+            options._parse_setval(options._options[name], values)
+        except exceptions.OptionsError as e:
+            why = str(e).removeprefix(f"Failed to parse option {name}: ")
+            return f"{name}={redactor(' '.join(values))!r}: {why}"
+    return None
+
+
+def fingerprint_key(path: str, confdir: str) -> bytes:
+    """The HMAC key for fingerprints; with no path, one created (0600) in mitmproxy's confdir."""
+    key_path = Path(path or Path(confdir).expanduser() / "credhop-fingerprint.key").expanduser()
+    try:
+        if not key_path.exists():
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        key = key_path.read_bytes().strip()
+    except OSError as e:
+        raise exceptions.OptionsError(f"credhop_fingerprint_key: {key_path}: {e.strerror or e}") from None
+    if len(key) < 16:
+        raise exceptions.OptionsError(f"credhop_fingerprint_key: {key_path} holds fewer than 16 bytes")
+    return key
