@@ -1,0 +1,104 @@
+"""Typed hop records and the sinks they go to: what is written, what is counted, when a chain is judged."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from credhop.diagnosis import diagnose, parse_records
+from credhop.records import Action, ErrorRecord, Event, InjectRecord, RedirectRecord, ResponseRecord, Why
+from credhop.scrub import Redactor
+from credhop.sinks import COUNTERS, Counters, EventLog, HopLogFile, RecentChains, level_of
+
+BASE = dict(ts=1.5, client="10.0.0.5", chain="c1", hop=0, flow="f", method="GET",
+            url="https://redirector.example/simple/pkg/")
+
+
+def redirect(**kw) -> RedirectRecord:
+    return RedirectRecord(**{**BASE, **kw}) if "status" in kw else RedirectRecord(**BASE, status=302, **kw)
+
+
+def test_codes_are_plain_strings_on_the_wire():
+    record = redirect(action=Action.KEEP, why=Why.NO_RULE, reason="no rule matched", fingerprint="hm:1")
+    data = json.loads(json.dumps(record.as_dict()))
+    assert data["event"] == "redirect" and data["action"] == "keep" and data["why"] == "no-rule"
+    assert f"{Why.NO_RULE}" == "no-rule" and Why.NO_RULE == "no-rule"
+    assert "retry" not in data and "observe" not in data and "ttl" not in data  # false and empty left out
+    assert data["user"] is None  # kept: null means the user name is the token
+
+
+def test_the_diagnosis_reads_what_the_writer_writes_and_version_1_logs_alike(tmp_path):
+    log = tmp_path / "hops.jsonl"
+    sink = HopLogFile(log, Redactor())
+    sink.emit(redirect(action=Action.INJECT, location="https://aws:***@registry.example/simple/pkg/",
+                       target="https://registry.example", rule="default", user="aws", fingerprint="hm:1", ttl=600))
+    sink.emit(ResponseRecord(**{**BASE, "hop": 1, "flow": "g", "url": "https://registry.example/simple/pkg/"},
+                             status=404))
+    sink.close()
+    v1 = ('{"v":1,"ts":1.0,"event":"redirect","client":"10.0.0.6","chain":"old","hop":0,"flow":"g",'
+          '"method":"GET","url":"https://r.example/","status":302,"location":"https://aws:***@x.example/",'
+          '"target":"https://x.example","action":"keep","rule":null,"reason":"no rule matched",'
+          '"user":"aws","fingerprint":"hm:2"}')
+    read = parse_records(log.read_text().splitlines() + [v1])
+    chains = {c.id: c for c in diagnose(read.records)}
+    assert chains["c1"].verdict == "failed" and "CH101" in {f.code for f in chains["c1"].findings}
+    assert chains["old"].hops[0].why == Why.NO_RULE  # words of a v1 log read as the code
+    assert all(json.loads(line)["v"] == 1 for line in log.read_text().splitlines())
+
+
+def test_hop_log_lines_are_scrubbed_with_the_configured_headers(tmp_path):
+    log = tmp_path / "hops.jsonl"
+    sink = HopLogFile(log, Redactor({"x-jfrog-art-api"}))
+    sink.emit(ErrorRecord(**BASE, reason="upstream said X-JFrog-Art-Api: AKCpSECRET"))
+    sink.close()
+    assert "AKCpSECRET" not in log.read_text() and "X-JFrog-Art-Api: ***" in log.read_text()
+
+
+@pytest.mark.parametrize(("record", "level"), [
+    (redirect(action=Action.NONE), logging.DEBUG),
+    (redirect(action=Action.NONE, why=Why.LOCATION_MISSING), logging.WARNING),
+    (redirect(action=Action.INJECT, fingerprint="hm:1"), logging.INFO),
+    (ResponseRecord(**BASE, status=200), logging.DEBUG),
+    (ErrorRecord(**BASE, reason="refused"), logging.WARNING),
+])
+def test_event_log_levels(record, level):
+    assert level_of(record) == level
+
+
+def test_event_log_lines_are_one_line_whatever_the_values(caplog):
+    with caplog.at_level(logging.DEBUG, logger="credhop"):
+        EventLog(Redactor()).emit(redirect(action=Action.BLOCK, fingerprint="hm:1", user="a\r\nforged\x1b[2K\u2028"))
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\u2028" not in line
+
+
+def test_counters_are_declared_and_derived_from_records():
+    counters = Counters()
+    counters.emit(redirect(action=Action.INJECT, fingerprint="hm:1"))
+    counters.emit(redirect(action=Action.KEEP, fingerprint="hm:1", rule="default", why=Why.SWAP_REFUSED))
+    counters.emit(redirect(action=Action.NONE, why=Why.LOCATION_UNPARSEABLE))
+    counters.emit(InjectRecord(**BASE, rule="r", header="Authorization", user=None, fingerprint="hm:1",
+                               action=Action.SKIP, why=Why.CLIENT_HEADER))
+    assert (counters["redirects"], counters["action_inject"], counters["action_keep"], counters["inject_refused"],
+            counters["location_unparseable"], counters["inject_skipped_client_header"]) == (3, 1, 1, 1, 1, 1)
+    assert set(counters.counts) <= set(COUNTERS)
+    with pytest.raises(KeyError):
+        counters.add("typo")
+
+
+def test_a_chain_is_judged_when_it_ends_and_warned_about_once():
+    failed = []
+    recent = RecentChains(failed.append)
+    recent.emit(redirect(action=Action.KEEP, fingerprint="hm:1", rule=None, why=Why.NO_RULE,
+                         location="https://aws:***@registry.example/", target="https://registry.example"))
+    assert recent.diagnosed == 0
+    follow = {**BASE, "hop": 1, "flow": "g", "url": "https://registry.example/"}
+    recent.emit(ResponseRecord(**follow, status=401))  # pip will ask again: not the end yet
+    assert recent.diagnosed == 0
+    recent.emit(ResponseRecord(**{**follow, "retry": True}, status=401))
+    assert recent.diagnosed == 1 and len(failed) == 1
+    recent.emit(ResponseRecord(**{**follow, "reuse": True}, status=403))  # already failed: no second warning
+    assert len(failed) == 1 and recent.diagnosed == 1
+    assert {r["event"] for r in recent.records()} == {Event.REDIRECT, Event.RESPONSE}
