@@ -242,7 +242,9 @@ class CredHop:
                                              frozenset(k.lower() for k in request.headers), position, held, watch))
         if decision.leaks:
             assert decision.leak_at is not None
-            position = position or self._place(flow, decision.leak_at)
+            if position is None:  # not the follow-up: another request to the origin the client was sent to
+                position = self._place(flow, decision.leak_at)
+                state.reuse = True
             action = Action.LOG if self.observe else decision.leak_action
             for leak in decision.leaks:
                 if action is Action.STRIP:

@@ -69,7 +69,8 @@ class MemoryPending:
     async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
         now = self.clock()
         self._purge(now)
-        self._watch(client, origin, position, now)
+        if position.sent and position.came_from != origin:  # else the client has nothing to leak there
+            self._watch(client, origin, position, now)
         key = (client, url)
         queue = self._pending.pop(key, None) or deque()
         queue.append((position, now + self.ttl))

@@ -26,7 +26,8 @@ _AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|digest|negotiate|ntlm)\s+[^\s'\",
 # userinfo in a request line's authority form, which has no "//" (`CONNECT user:pw@host:443 HTTP/1.1`,
 # as urllib.request sends it when it follows a Location with userinfo through a proxy)
 _AUTHORITY_FORM = re.compile(r"(?<![\w/])([A-Z]{3,10} +)([^\s/@'\"]+)@(?=[^\s/@]+ +HTTP/)")
-MAX_REMEMBERED = 512  # credentials whose every spelling is masked in whatever passes the filter
+MAX_REMEMBERED = 4096  # spellings of secrets masked in whatever passes the filter (about 700 credentials)
+FRESH_BATCH = 64
 
 
 def secret_header_names(extra: Iterable[str] = DEFAULT_SECRET_HEADERS) -> frozenset[str]:
@@ -49,20 +50,23 @@ class Redactor:
             rf"(?i)(?<![\w?&=/.-])({names})(['\"]?\s*[:,]\s*b?['\"]?)([^'\"\r\n]+)"
         )
         self._known: OrderedDict[str, None] = OrderedDict()  # spellings of secrets seen, newest last
-        self._known_re: re.Pattern[str] | None = None
+        self._known_re: re.Pattern[str] | None = None  # all of them but `_fresh`
+        self._fresh: list[str] = []  # added since the pattern was compiled: replaced one by one
 
     def remember(self, forms: Iterable[str]) -> None:
         """Mask these spellings of a secret wherever they turn up, whatever surrounds them (a token
         copied into a query, a path or a fragment). Bounded: the oldest are forgotten first."""
-        new = False
         for form in forms:
-            new |= form not in self._known
+            if form not in self._known:
+                self._fresh.append(form)
             self._known[form] = None
             self._known.move_to_end(form)
         while len(self._known) > MAX_REMEMBERED:
             self._known.popitem(last=False)
-        if new:
-            self._known_re = None
+        # compiling thousands of alternatives costs milliseconds: do it once per batch of new secrets,
+        # so a client sending a new credential with every redirect cannot make every line expensive
+        if len(self._fresh) > FRESH_BATCH:
+            self._known_re, self._fresh = None, []
 
     def known(self) -> list[str]:
         return list(self._known)
@@ -71,6 +75,9 @@ class Redactor:
         if self._known:
             if self._known_re is None:  # longest first, so a secret's encoded form wins over its prefix
                 self._known_re = re.compile("|".join(map(re.escape, sorted(self._known, key=len, reverse=True))))
+                self._fresh = []
+            for form in sorted(self._fresh, key=len, reverse=True):
+                text = text.replace(form, "***")
             text = self._known_re.sub("***", text)
         text = redact_url(text)
         text = _AUTHORITY_FORM.sub(lambda m: f"{m[1]}***@", text)

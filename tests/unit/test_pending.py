@@ -48,7 +48,7 @@ def test_knows_which_clients_await_anything():
     run(pending.expect("10.0.0.3", "https://b.example/", ORIGIN, ChainPosition("c3", 1)))  # bound: drops c1
     assert not pending.awaits("10.0.0.1") and pending.awaits("10.0.0.3")
     run(pending.follow("10.0.0.2", "https://b.example/"))
-    assert len(pending) == 1 and pending.awaits("10.0.0.2")  # followed, but its origin is still watched
+    assert len(pending) == 1 and not pending.awaits("10.0.0.2")  # it sent no secret: no origin to watch
     clock.now = 20
     run(pending.follow("10.0.0.3", "https://nothing.example/"))  # purges the expired c3
     assert not pending.awaits("10.0.0.3") and len(pending) == 0
@@ -69,3 +69,5 @@ def test_an_origin_a_client_was_sent_to_is_watched_whatever_the_url():
     assert run(pending.watching("10.0.0.2", ORIGIN)) is None
     clock.now = 11
     assert run(pending.watching("10.0.0.1", ORIGIN)) is None and not pending.awaits("10.0.0.1")
+    run(pending.expect("10.0.0.1", "https://b.example/z", ORIGIN, ChainPosition("c3", 1)))  # nothing sent
+    assert run(pending.watching("10.0.0.1", ORIGIN)) is None

@@ -102,3 +102,13 @@ def test_a_chain_is_judged_when_it_ends_and_warned_about_once():
     recent.emit(ResponseRecord(**{**follow, "reuse": True}, status=403))  # already failed: no second warning
     assert len(failed) == 1 and recent.diagnosed == 1
     assert {r["event"] for r in recent.records()} == {Event.REDIRECT, Event.RESPONSE}
+
+
+def test_the_redactor_masks_new_secrets_at_once_and_compiles_in_batches():
+    r = Redactor()
+    r.remember({"first-secret-1"})
+    assert r("x first-secret-1 y") == "x *** y"
+    for i in range(200):  # a client sending a new credential with every redirect
+        r.remember({f"rotating-secret-{i:03d}"})
+        assert r(f"GET /p/rotating-secret-{i:03d}/x") == "GET /p/***/x"
+    assert r("first-secret-1 rotating-secret-000") == "*** ***"
