@@ -24,15 +24,32 @@ from mitmproxy import command, ctx, exceptions, http
 
 from .bodies import Replacer, Scrubber
 from .credentials import Fingerprinter, credential_from_header
-from .decide import REDIRECTS, FollowUp, Redirect, RedirectDecision, decide_follow_up, decide_redirect, next_position
+from .decide import (
+    REDIRECTS,
+    FollowUp,
+    Redirect,
+    RedirectDecision,
+    decide_follow_up,
+    decide_redirect,
+    next_position,
+)
 from .diagnosis import Chain, diagnose
-from .leaks import SentSecret, secrets_sent
-from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
-from .records import Action, ErrorRecord, InjectRecord, LeakRecord, Record, RedirectRecord, ResponseRecord, Why
-from .report import render_text, summary_line
-from .rules import MAX_TTL, RuleSet, RulesError, load_rules
 from .flows import add_header, apply_redirect, client_of, finish_body, mark, origin_of, url_of
+from .leaks import SentSecret, secrets_sent
 from .options import declare, deferred_problem, fingerprint_key
+from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
+from .records import (
+    Action,
+    ErrorRecord,
+    InjectRecord,
+    LeakRecord,
+    Record,
+    RedirectRecord,
+    ResponseRecord,
+    Why,
+)
+from .report import render_text, summary_line
+from .rules import MAX_TTL, RulesError, RuleSet, load_rules
 from .scrub import Redactor, SecretFilter, secret_header_names
 from .sinks import Counters, EventLog, HopLogFile, RecentChains, Sinks
 from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable

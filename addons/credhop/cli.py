@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from .diagnosis import CATALOGUE, SEVERITIES, diagnose, kind_of, read_hoplog
-from .scrub import scrub
 from .html_report import render_html
 from .report import Selection, render_json, render_markdown, render_text
+from .scrub import scrub
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 

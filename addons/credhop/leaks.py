@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .credentials import Fingerprinter, credential_from_header
 from .pending import ChainPosition
 from .records import LeakKind
-from .credentials import Fingerprinter, credential_from_header
 from .urls import Origin
+
 
 @dataclass(frozen=True, slots=True)
 class SentSecret:

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import yaml
 
 from .credentials import BASIC, HeaderTemplate
-from .records import LEAK_ACTIONS as _LEAK, RULE_ACTIONS, Action
+from .records import LEAK_ACTIONS as _LEAK
+from .records import RULE_ACTIONS, Action
 from .urls import Location
 
 ACTIONS = tuple(a.value for a in RULE_ACTIONS)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-
 import pytest
 from mitmproxy.test import tflow
 
 from tests.unit.addon_helpers import (
-    CLIENT, ENCODED, TOKEN, basic, follow, redirect, run_redirect, send,
+    CLIENT,
+    ENCODED,
+    TOKEN,
+    basic,
+    follow,
+    redirect,
+    run_redirect,
+    send,
 )
 
 

@@ -10,7 +10,12 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from tests.unit.addon_helpers import (
-    ENCODED, basic, follow, redirect, run_redirect, send,
+    ENCODED,
+    basic,
+    follow,
+    redirect,
+    run_redirect,
+    send,
 )
 
 LOCATION = f"https://aws:{ENCODED}@registry.example/s/"

@@ -10,7 +10,10 @@ import pytest
 from mitmproxy import exceptions
 
 from tests.unit.addon_helpers import (
-    ENCODED, redirect, run_redirect, send,
+    ENCODED,
+    redirect,
+    run_redirect,
+    send,
 )
 
 

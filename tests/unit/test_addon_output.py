@@ -11,7 +11,11 @@ from mitmproxy.test import tflow
 from credhop.scrub import SecretFilter
 from tests.secrets_check import assert_no_leak
 from tests.unit.addon_helpers import (
-    ENCODED, FORMS, redirect, run_redirect, send,
+    ENCODED,
+    FORMS,
+    redirect,
+    run_redirect,
+    send,
 )
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-
 import pytest
 from mitmproxy.test import tflow
 
 from tests.secrets_check import assert_no_leak
 from tests.unit.addon_helpers import (
-    ENCODED, FORMS, redirect, run_redirect, send,
+    ENCODED,
+    FORMS,
+    redirect,
+    run_redirect,
+    send,
 )
 
 

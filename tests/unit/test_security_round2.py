@@ -18,7 +18,14 @@ from credhop.scrub import Redactor
 from credhop.urls import normalize_url, redact_url
 from tests.secrets_check import assert_no_leak
 from tests.unit.addon_helpers import (
-    CLIENT, ENCODED, FORMS, TOKEN, basic, redirect, run_redirect, send,
+    CLIENT,
+    ENCODED,
+    FORMS,
+    TOKEN,
+    basic,
+    redirect,
+    run_redirect,
+    send,
 )
 
 OWN = basic("me", "my-own-secret")
