@@ -13,7 +13,8 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from .diagnosis import KINDS, REUSE_SHOWN, Chain, Finding, Hop, severity_rank
-from .scrub import printable, scrub
+from .scrub import printable
+from .signed import scrub_report as scrub
 
 VERDICT_MARK = {"failed": "✗ FAILED", "unknown": "? UNKNOWN", "ok": "✓ ok"}
 ANSI = {"error": "31;1", "warning": "33", "info": "36", "failed": "31;1", "unknown": "33", "ok": "32",
@@ -111,6 +112,7 @@ MOVE_WORDS = {
     "lost": "no credential sent: LOST",
     "stripped": "no credential sent (stripped by credhop)",
     "dropped": "no credential sent",
+    "signed": "no client credential: the presigned URL carries its own",
 }
 
 
