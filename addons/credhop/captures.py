@@ -101,8 +101,7 @@ def _har_exchange(entry: Any, client: str, flow: str, order: int) -> Exchange | 
     start = _har_time(entry.get("startedDateTime"))
     if start is None:
         return None
-    took = entry.get("time")
-    end = start + (took / 1000 if type(took) in (int, float) and took > 0 else 0.0)
+    end = start + _until_response(entry.get("timings"))
     status = response.get("status")
     status = status if type(status) is int and 100 <= status <= 999 else None
     headers = _har_headers(response.get("headers"))
@@ -121,6 +120,15 @@ def _har_exchange(entry: Any, client: str, flow: str, order: int) -> Exchange | 
     page = entry.get("pageref") if isinstance(entry.get("pageref"), str) else None
     return Exchange(client, method.upper(), url, origin, status, _har_headers(request.get("headers")), headers,
                     start, end, flow, error, order, link=f"{client}#{page}" if page else None)
+
+
+def _until_response(timings: Any) -> float:
+    """Seconds from `startedDateTime` to the response, at most: send and wait only. Writers disagree on
+    whether connect and TLS come before it (mitmproxy sets up the server connection before the request),
+    and an estimate past the real answer would put a 401 after the client's retry of it."""
+    if not isinstance(timings, dict):
+        return 0.0
+    return sum(v for k in ("send", "wait") if type(v := timings.get(k)) in (int, float) and v > 0) / 1000
 
 
 def _har_headers(value: Any) -> tuple[tuple[str, str], ...]:

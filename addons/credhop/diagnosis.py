@@ -158,6 +158,7 @@ class Hop:
     retry: bool = False  # the client asked again for the same URL after a 401 (pip does)
     replay: bool = False  # from a capture replayed through credhop's decisions, not a live proxy
     signed: str | None = None  # the kind of presigned URL this request went to: its own authorization
+    superseded: bool = False  # the client's first try of this hop, which its retry (after a 401) replaced
     move: str | None = None  # what happened to the credential on the way to this hop
     findings: list[Finding] = field(default_factory=list)
 
@@ -384,6 +385,9 @@ def _hops(records: list[dict[str, Any]]) -> list[Hop]:
     for hop in hops:
         if not hop.reuse and (hop.status is not None or hop.leaks or hop.error):
             if hop.retry:  # the client's retry of this hop (after a 401) is what it finally got
+                first = main.get(hop.index)
+                if first is not None and not first.retry:
+                    first.superseded = True  # not a later request that failed: the try before the retry
                 main[hop.index] = hop
             else:
                 main.setdefault(hop.index, hop)
@@ -758,7 +762,7 @@ def _check_follow_ups(chain: Chain, grants: _Grants) -> Iterator[Finding]:
 def _check_reused(chain: Chain, grants: _Grants) -> Iterator[Finding]:
     """Later same-origin requests (the wheel downloads) can fail after the index page worked."""
     for hop in chain.hops:
-        if not hop.reuse:
+        if not hop.reuse or hop.superseded:
             continue
         request = f"{hop.method} {hop.url} (a later request to the same origin) "
         if hop.error:

@@ -80,7 +80,8 @@ def credential_text(hop: Hop) -> str:
     parts = []
     if hop.redirect and hop.fingerprint:
         if hop.observe:
-            did = f"would {hop.action} (observe only, rule {hop.rule})"
+            how = "capture replayed" if hop.replay else "observe only"
+            did = f"would {hop.action} ({how}, rule {hop.rule})"
         elif hop.action == "keep":
             did = f"kept in Location ({hop.reason or f'rule {hop.rule}'})"
         else:
@@ -104,6 +105,8 @@ def credential_text(hop: Hop) -> str:
         parts.append("sent " + ", ".join(s.label() for s in hop.sent))
     if hop.error:
         parts.append(f"failed: {hop.error}")
+    if hop.superseded:
+        parts.append("first try; the client retried")
     return "; ".join(parts)
 
 
