@@ -94,7 +94,7 @@ class _Replay:
             if position is not None:
                 self.emit(ErrorRecord(**self.base(ex, position), reason=ex.error or "no response"))
         elif ex.status in REDIRECTS:
-            await self.redirect(ex, position or ChainPosition(_chain_id(ex.flow), 0), sent, link)
+            await self.redirect(ex, position or ChainPosition(_chain_id(ex), 0), sent, link)
         elif position is not None and position.hop > 0:
             self.emit(ResponseRecord(**self.base(ex, position), status=ex.status,
                                      sent=[s.as_record() for s in sent] or None))
@@ -130,9 +130,9 @@ class _Replay:
         self.records.append({**json.loads(line), "replay": True})  # exactly what a hop log holds, read back
 
 
-def _chain_id(flow: str) -> str:
+def _chain_id(ex: Exchange) -> str:
     """A chain id that stays the same every time the same capture is replayed."""
-    return hashlib.sha256(flow.encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{ex.flow}\0{ex.start!r}\0{ex.url}".encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 # -- every input of `credhop report` ---------------------------------------------------------------------
