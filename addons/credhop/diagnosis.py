@@ -415,39 +415,39 @@ def diagnose(records: Iterable[dict[str, Any]]) -> list[Chain]:
 
 
 def _signed_side_walks(chain: Chain) -> list[Chain]:
-    """`chain`, and each presigned download in it that is not the walk's own follow-up as a chain of its
-    own (with the redirect that sent the client there): a later same-origin request, such as a wheel
-    download the index redirected to object storage, whose authorization is the URL's own signature."""
+    """`chain`, and each presigned download in it that a later request's redirect led to (a wheel download
+    the index redirected to object storage) as a chain of its own, with that redirect: its authorization
+    is the URL's own signature, and it is no step of the walk through the index's redirects."""
     if not any(h.signed and h.index > 0 for h in chain.hops):
         return [chain]
     main = {h.index: h for h in chain.hops if not h.reuse}
+    senders: dict[tuple[int, Any], list[Hop]] = defaultdict(list)  # (hop, where its Location points)
+    for h in chain.hops:
+        if h.redirect and h.resolved:
+            senders[(h.index, _target_key(h.resolved))].append(h)
     taken: set[int] = set()
     sides: list[Chain] = []
-    for hop in chain.hops:
-        if not hop.signed or hop.index == 0 or id(hop) in taken:
-            continue
+    for hop in sorted((h for h in chain.hops if h.signed and h.index > 0), key=lambda h: h.ts):
         prev = main.get(hop.index - 1)
-        if main.get(hop.index) is hop and prev is not None and prev.redirect and _same_target(prev, hop):
+        key = (hop.index - 1, _target_key(hop.url))
+        if main.get(hop.index) is hop and prev is not None and prev in senders.get(key, ()):
             continue  # the walk's own follow-up: judged in place
-        senders = [h for h in chain.hops if h.index == hop.index - 1 and h.redirect and h is not prev
-                   and id(h) not in taken and h.ts <= hop.ts and _same_target(h, hop)]
-        walk = [*senders[-1:], hop]
+        candidates = [h for h in senders.get(key, ()) if h is not prev and id(h) not in taken and h.ts <= hop.ts]
+        if not candidates:
+            continue  # no redirect led here: a request of its own, judged where it is
+        walk = [candidates[-1], hop]
         for h in walk:
             h.reuse = False
             taken.add(id(h))
-        suffix = f"{len(sides) + 1}" if sides else ""
-        sides.append(Chain(f"{chain.id}~signed{suffix}", chain.client, walk))
+        sides.append(Chain(f"{chain.id}~signed{len(sides) + 1 if sides else ''}", chain.client, walk))
     if not taken:
         return [chain]
-    rest = Chain(chain.id, chain.client, [h for h in chain.hops if id(h) not in taken])
-    return [rest, *sides]
+    return [Chain(chain.id, chain.client, [h for h in chain.hops if id(h) not in taken]), *sides]
 
 
-def _same_target(redirect: Hop, hop: Hop) -> bool:
-    """Whether `redirect`'s Location points to `hop`'s URL (origin and path; query values may be redacted)."""
-    if not redirect.resolved:
-        return False
-    return urlsplit(normalize_url(redirect.resolved))[:3] == urlsplit(normalize_url(hop.url))[:3]
+def _target_key(url: str) -> tuple[str, ...]:
+    """Origin and path of `url` (query values may be redacted in one place and not another)."""
+    return tuple(urlsplit(normalize_url(url))[:3])
 
 
 def diagnose_file(path: str | Path) -> tuple[list[Chain], HopLogRead]:

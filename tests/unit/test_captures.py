@@ -305,3 +305,31 @@ def test_captures_imports_mitmproxy_only_to_read_flow_files():
     top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     top |= {n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom)}
     assert not {m for m in top if m.startswith("mitmproxy")}
+
+
+def test_a_download_redirected_to_a_presigned_url_is_a_chain_of_its_own():
+    """credhop injecting: the index page works, the wheel download (a later request with the injected
+    credential) is redirected to object storage, which refuses the signature."""
+    from tests.unit.test_diagnosis import INJECTED, SIGNED as REDACTED_SIGNED, injected_ok
+
+    log = injected_ok()
+    wheel = log.records[-1]["url"]
+    flow = log.inject(1, wheel)
+    log.redirect(1, wheel, REDACTED_SIGNED, flow=flow, sent=INJECTED)
+    log.response(2, REDACTED_SIGNED, 403)
+    chains = {c.id: c for c in diagnose(log.records)}
+    assert set(chains) == {"c1", "c1~signed"}
+    index, side = chains["c1"], chains["c1~signed"]
+    assert index.verdict == "ok" and [f.code for f in index.findings] == ["CH110"]
+    assert not any(h.signed for h in index.hops)
+    assert side.verdict == "failed" and [f.code for f in side.findings] == ["CH102"]
+    assert [(h.index, h.status, h.move) for h in side.main] == [(1, 302, None), (2, 403, "signed")]
+    assert "carries its own signature" in side.findings[0].message
+
+
+def test_a_presigned_url_no_redirect_led_to_stays_where_it_is():
+    from tests.unit.test_diagnosis import SIGNED as REDACTED_SIGNED, injected_ok
+
+    log = injected_ok()
+    log.inject(1, REDACTED_SIGNED)  # credhop's own grant reused on a signed URL of the same origin
+    assert [c.id for c in diagnose(log.records)] == ["c1"]
