@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip $(PIP_QUIET)
 	$(VENV)/bin/python -m pip install -q -e '.[test]' uv $(PIP_QUIET)
-	$(VENV)/bin/python -c 'import credhop.addon, mitmproxy.version as v; print("credhop: mitmproxy", v.VERSION)'
+	$(VENV)/bin/python -c 'import credhop.addon, playwright.sync_api, mitmproxy.version as v; print("credhop: mitmproxy", v.VERSION)'
 	touch $@
 
 deps: $(VENV)/.installed

@@ -24,15 +24,7 @@ from mitmproxy import command, ctx, exceptions, http
 
 from .bodies import Replacer, Scrubber
 from .credentials import Fingerprinter, credential_from_header
-from .decide import (
-    REDIRECTS,
-    FollowUp,
-    Redirect,
-    RedirectDecision,
-    decide_follow_up,
-    decide_redirect,
-    next_position,
-)
+from .decide import REDIRECTS, FollowUp, Redirect, decide_follow_up, decide_redirect, next_position, redirect_record
 from .diagnosis import Chain, diagnose
 from .flows import add_header, apply_redirect, client_of, finish_body, mark, origin_of, url_of
 from .leaks import SentSecret, secrets_sent
@@ -44,7 +36,6 @@ from .records import (
     InjectRecord,
     LeakRecord,
     Record,
-    RedirectRecord,
     ResponseRecord,
     Why,
 )
@@ -53,7 +44,7 @@ from .rules import MAX_TTL, RulesError, RuleSet, load_rules
 from .scrub import Redactor, SecretFilter, secret_header_names
 from .sinks import Counters, EventLog, HopLogFile, RecentChains, Sinks
 from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable
-from .urls import normalize_url, redact_loose, redact_url
+from .urls import normalize_url, redact_url
 
 log = logging.getLogger("credhop")
 
@@ -312,7 +303,7 @@ class CredHop:
         if decision.location and decision.location.credential:
             self.redactor.remember(decision.location.credential.secret_forms())
         sent = self._sent(flow, state)
-        self._emit(self._redirect_record(flow, position, decision, sent))
+        self._emit(redirect_record(self._base(flow, position), redirect, decision, sent, self.observe))
         if decision.fingerprint:
             would = " (observe)" if self.observe else ""
             mark(flow, f"credhop{would}: {decision.action} credential in Location -> "
@@ -373,23 +364,6 @@ class CredHop:
         return dict(ts=round(self.clock(), 6), client=client_of(flow), chain=position.chain, hop=position.hop,
                     flow=flow.id, method=flow.request.method, url=redact_url(url_of(flow.request)),
                     retry=position.retry, reuse=reuse)
-
-    def _redirect_record(self, flow: http.HTTPFlow, position: ChainPosition, decision: RedirectDecision,
-                         sent: list[SentSecret]) -> RedirectRecord:
-        location, rule = decision.location, decision.rule
-        shown = location.redacted if location else None
-        if decision.why is Why.LOCATION_UNPARSEABLE and flow.response:
-            shown = redact_loose(flow.response.headers.get("location", ""))
-        credential = location.credential if location else None
-        return RedirectRecord(
-            **self._base(flow, position), status=flow.response.status_code,  # type: ignore[union-attr]
-            action=decision.action, location=shown,
-            target=str(location.origin) if location else None, relative=location.relative if location else None,
-            rule=rule.name if rule and decision.fingerprint else None, why=decision.why, reason=decision.reason,
-            user=credential.display_user if credential else None, fingerprint=decision.fingerprint,
-            ttl=decision.ttl if not self.observe else None, observe=self.observe and credential is not None,
-            sent=[s.as_record() for s in sent] or None,
-        )
 
     def _emit(self, record: Record) -> None:
         self.sinks.emit(record)

@@ -1,9 +1,10 @@
-"""`credhop report HOPLOG`: explain every redirect chain in a hop log; `credhop proxy`: run the proxy.
+"""`credhop report FILE…`: explain every redirect chain in hop logs and captures; `credhop proxy`: run the proxy.
 
 Exit status: 0 when no shown chain has an error-level finding, 1 when one has
-(so CI jobs can gate on it), 2 for usage errors and unreadable logs. Imports
-mitmproxy only for `credhop proxy`, so the report runs wherever the log was
-copied to.
+(so CI jobs can gate on it), 2 for usage errors and unreadable inputs. Imports
+nothing from mitmproxy for hop logs and HAR files, so the report runs wherever
+they were copied to; only mitmproxy flow files (see captures.py) and
+`credhop proxy` need it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from .diagnosis import CATALOGUE, SEVERITIES, diagnose, kind_of, read_hoplog
+from .diagnosis import CATALOGUE, SEVERITIES, diagnose, kind_of
 from .html_report import render_html
+from .replay import InputError, collect
 from .report import Selection, render_json, render_markdown, render_text
-from .scrub import scrub
+from .rules import RulesError, load_rules
+from .signed import scrub_report as scrub
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -29,17 +32,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="credhop", description="Run the credhop proxy, explain credhop hop logs.")
+    parser = _Parser(prog="credhop",
+                     description="Run the credhop proxy; explain credhop hop logs and captures of failed installs.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     # listed for --help only: main() hands `proxy` and everything after it to mitmdump's own parser
     commands.add_parser(
         "proxy", help="start mitmdump with credhop loaded; takes mitmdump's options (`credhop proxy --help`)",
         add_help=False)
     report = commands.add_parser(
-        "report", help="explain every redirect chain of a hop log",
-        description="Explain every redirect chain of a credhop hop log (JSON Lines). Exit status 1 when a "
-                    "shown chain has an error-level finding, 2 on usage errors or an unreadable log.")
-    report.add_argument("hoplog", metavar="HOPLOG", help="the hop log (credhop_log), '-' for stdin")
+        "report", help="explain every redirect chain of hop logs, flow files and HAR files",
+        description="Explain every redirect chain of credhop hop logs (JSON Lines), mitmproxy flow files "
+                    "(mitmdump -w) and HAR files, told apart by content; captures are replayed through credhop's "
+                    "decisions in observe mode. Exit status 1 when a shown chain has an error-level finding, 2 on "
+                    "usage errors or an unreadable input.")
+    report.add_argument("files", nargs="+", metavar="FILE",
+                        help="a hop log (credhop_log), a flow file or a HAR file; '-' for stdin")
+    report.add_argument("--rules", metavar="FILE", type=Path,
+                        help="rules to replay captures with (default: the shipped rules.yaml)")
+    report.add_argument("--fingerprint-key", metavar="FILE", type=Path,
+                        help="HMAC key file for the fingerprints of captured secrets, e.g. the proxy's "
+                             "credhop_fingerprint_key (default: a fresh key per run)")
     report.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     report.add_argument("--client", action="append", default=[], metavar="IP",
                         help="only this client (repeatable)")
@@ -67,13 +79,15 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_USAGE
         codes.append(kind.code)
     try:
-        read = read_hoplog("/dev/stdin" if args.hoplog == "-" else args.hoplog)
-    except OSError as e:
-        err.write(f"credhop report: cannot read {scrub(args.hoplog)}: {e.strerror or e}\n")
+        key = args.fingerprint_key.read_bytes().strip() if args.fingerprint_key else None
+        if key is not None and len(key) < 16:
+            raise InputError(f"{args.fingerprint_key} holds fewer than 16 bytes")
+        read = collect(args.files, load_rules(args.rules) if args.rules else None, key)
+    except (InputError, RulesError) as e:
+        err.write(f"credhop report: {scrub(str(e))}\n")
         return EXIT_USAGE
-    if read.malformed and not read.records:
-        err.write(f"credhop report: {scrub(args.hoplog)} holds no hop-log records "
-                  f"({len(read.malformed)} malformed line(s)); is it a credhop_log file?\n")
+    except OSError as e:
+        err.write(f"credhop report: cannot read {scrub(str(args.fingerprint_key))}: {e.strerror or e}\n")
         return EXIT_USAGE
     selection = Selection(tuple(args.client), tuple(args.host), tuple(codes), args.severity)
     chains = selection.apply(diagnose(read.records))
@@ -85,7 +99,8 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(render_text(chains, color=_use_color(out), malformed=read.malformed))
     if args.html:
         try:
-            args.html.write_text(render_html(chains, read.malformed, source=Path(args.hoplog).name),
+            source = ", ".join(Path(f).name for f in args.files)
+            args.html.write_text(render_html(chains, read.malformed, source=source),
                                  encoding="utf-8", errors="backslashreplace")
         except OSError as e:
             err.write(f"credhop report: cannot write {args.html}: {e.strerror or e}\n")
@@ -126,7 +141,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             out.write(f"{kind.code}  {kind.severity:<7}  {kind.name:<34} {kind.title}\n")
         return EXIT_OK
     parser.print_usage(err)
-    err.write("credhop: error: give a command, e.g. `credhop report credhop-hops.jsonl`\n")
+    err.write("credhop: error: give a command, e.g. `credhop report credhop-hops.jsonl` (or a .har/.mitm file)\n")
     return EXIT_USAGE
 
 

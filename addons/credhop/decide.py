@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .credentials import CredentialError, Fingerprinter
 from .leaks import Leak, SentSecret, find_leaks
 from .pending import ChainPosition
-from .records import Action, Why
+from .records import Action, RedirectRecord, Why
 from .rules import Hop, Rule, RuleSet
 from .store import Grant, Refusal
-from .urls import Location, LocationError, Origin, parse_location, parsers_disagree
+from .urls import Location, LocationError, Origin, parse_location, parsers_disagree, redact_loose
 
 # Every 3xx can carry a Location that clients follow (curl -L follows a 300); 304 Not Modified is a
 # cache answer, not a redirect.
@@ -95,6 +96,24 @@ def decide_redirect(redirect: Redirect, rules: RuleSet, fingerprint: Fingerprint
         chain=next_hop.chain, hop=next_hop.hop,
     )
     return replace(decision, grant=grant, ttl=ttl)
+
+
+def redirect_record(base: dict[str, Any], redirect: Redirect, decision: RedirectDecision, sent: list[SentSecret],
+                    observe: bool) -> RedirectRecord:
+    """The hop-log record of a decided redirect; `base` holds the fields every record has."""
+    location, rule = decision.location, decision.rule
+    credential = location.credential if location else None
+    shown = location.redacted if location else None
+    if decision.why is Why.LOCATION_UNPARSEABLE:
+        shown = redact_loose(redirect.locations[0])
+    return RedirectRecord(
+        **base, status=redirect.status, action=decision.action, location=shown,
+        target=str(location.origin) if location else None, relative=location.relative if location else None,
+        rule=rule.name if rule and decision.fingerprint else None, why=decision.why, reason=decision.reason,
+        user=credential.display_user if credential else None, fingerprint=decision.fingerprint,
+        ttl=None if observe else decision.ttl, observe=observe and credential is not None,
+        sent=[s.as_record() for s in sent] or None,
+    )
 
 
 def _inject_refusal(rule: Rule, location: Location) -> Refusal | None:

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from .records import EVENTS, Action, Event, Why
-from .urls import DEFAULT_PORTS, LocationError, parse_location
+from .signed import signed_url_kind
+from .urls import DEFAULT_PORTS, LocationError, normalize_url, parse_location
 
 SEVERITIES = ("error", "warning", "info")  # most severe first
 DENIED = frozenset((401, 403, 404))  # what registries answer a request without (valid) credentials
@@ -53,6 +54,8 @@ CATALOGUE: tuple[Kind, ...] = (
          "the client re-sent a secret over plaintext http after a redirect"),
     Kind("CH204", "leak-stripped", "warning",
          "the client tried to re-send a secret to another origin; credhop removed it"),
+    Kind("CH205", "authorization-sent-to-signed-url", "error",
+         "the client sent Authorization to a presigned URL, which carries its own signature"),
     Kind("CH301", "scheme-downgrade", "warning", "a redirect from https to plaintext http"),
     Kind("CH302", "redirect-loop", "error", "the chain requests the same URL twice"),
     Kind("CH303", "too-many-hops", "warning", f"more than {MAX_HOPS} redirects in one chain"),
@@ -153,6 +156,9 @@ class Hop:
     error: str | None = None
     reuse: bool = False  # a later same-origin request that got the injected credential
     retry: bool = False  # the client asked again for the same URL after a 401 (pip does)
+    replay: bool = False  # from a capture replayed through credhop's decisions, not a live proxy
+    signed: str | None = None  # the kind of presigned URL this request went to: its own authorization
+    superseded: bool = False  # the client's first try of this hop, which its retry (after a 401) replaced
     move: str | None = None  # what happened to the credential on the way to this hop
     findings: list[Finding] = field(default_factory=list)
 
@@ -336,6 +342,8 @@ def _merge(hop: Hop, record: dict[str, Any]) -> None:
         hop.reuse = True
     if record.get("retry") is True:
         hop.retry = True
+    if record.get("replay") is True:
+        hop.replay = True
     if event == Event.REDIRECT:
         hop.redirect = True
         hop.status = _int(record.get("status"))
@@ -367,7 +375,8 @@ def _hops(records: list[dict[str, Any]]) -> list[Hop]:
         hop = by_request.get(key)
         if hop is None:
             method, url = _str(record.get("method")) or "?", _str(record.get("url")) or ""
-            hop = by_request[key] = Hop(record["hop"], method, url, _num(record.get("ts")) or 0.0, flow)
+            hop = by_request[key] = Hop(record["hop"], method, url, _num(record.get("ts")) or 0.0, flow,
+                                        signed=signed_url_kind(url))
         _merge(hop, record)
     hops = sorted(by_request.values(), key=lambda h: (h.index, h.ts))
     # the follow-up of a hop is the request the proxy recognised (it has a status, a leak or an
@@ -376,6 +385,9 @@ def _hops(records: list[dict[str, Any]]) -> list[Hop]:
     for hop in hops:
         if not hop.reuse and (hop.status is not None or hop.leaks or hop.error):
             if hop.retry:  # the client's retry of this hop (after a 401) is what it finally got
+                first = main.get(hop.index)
+                if first is not None and not first.retry:
+                    first.superseded = True  # not a later request that failed: the try before the retry
                 main[hop.index] = hop
             else:
                 main.setdefault(hop.index, hop)
@@ -393,12 +405,49 @@ def diagnose(records: Iterable[dict[str, Any]]) -> list[Chain]:
     for record in records:
         if _valid(record) and record["event"] in EVENTS:
             by_chain[record["chain"]].append(record)
-    chains = [Chain(cid, _str(recs[0].get("client")) or "?", _hops(recs)) for cid, recs in by_chain.items()]
+    chains = [side for cid, recs in by_chain.items()
+              for side in _signed_side_walks(Chain(cid, _str(recs[0].get("client")) or "?", _hops(recs)))]
     grants = _Grants(chains)
     for chain in chains:
         _assess(chain, grants)
     order = {"failed": 0, "unknown": 1, "ok": 2}
     return sorted(chains, key=lambda c: (order[c.verdict], c.start))
+
+
+def _signed_side_walks(chain: Chain) -> list[Chain]:
+    """`chain`, and each presigned download in it that a later request's redirect led to (a wheel download
+    the index redirected to object storage) as a chain of its own, with that redirect: its authorization
+    is the URL's own signature, and it is no step of the walk through the index's redirects."""
+    if not any(h.signed and h.index > 0 for h in chain.hops):
+        return [chain]
+    main = {h.index: h for h in chain.hops if not h.reuse}
+    senders: dict[tuple[int, Any], list[Hop]] = defaultdict(list)  # (hop, where its Location points)
+    for h in chain.hops:
+        if h.redirect and h.resolved:
+            senders[(h.index, _target_key(h.resolved))].append(h)
+    taken: set[int] = set()
+    sides: list[Chain] = []
+    for hop in sorted((h for h in chain.hops if h.signed and h.index > 0), key=lambda h: h.ts):
+        prev = main.get(hop.index - 1)
+        key = (hop.index - 1, _target_key(hop.url))
+        if main.get(hop.index) is hop and prev is not None and prev in senders.get(key, ()):
+            continue  # the walk's own follow-up: judged in place
+        candidates = [h for h in senders.get(key, ()) if h is not prev and id(h) not in taken and h.ts <= hop.ts]
+        if not candidates:
+            continue  # no redirect led here: a request of its own, judged where it is
+        walk = [candidates[-1], hop]
+        for h in walk:
+            h.reuse = False
+            taken.add(id(h))
+        sides.append(Chain(f"{chain.id}~signed{len(sides) + 1 if sides else ''}", chain.client, walk))
+    if not taken:
+        return [chain]
+    return [Chain(chain.id, chain.client, [h for h in chain.hops if id(h) not in taken]), *sides]
+
+
+def _target_key(url: str) -> tuple[str, ...]:
+    """Origin and path of `url` (query values may be redacted in one place and not another)."""
+    return tuple(urlsplit(normalize_url(url))[:3])
 
 
 def diagnose_file(path: str | Path) -> tuple[list[Chain], HopLogRead]:
@@ -436,6 +485,8 @@ def _f(code: str, message: str, hint: str, hop: int | None) -> Finding:
 
 def _what_credhop_did(hop: Hop, follow: Hop | None) -> str:
     rule = f"rule {hop.rule}" if hop.rule else "no rule"
+    if hop.observe and hop.replay:
+        return f"credhop was not in the path (a capture, replayed): it would {hop.action} it ({rule})"
     if hop.observe:
         return f"credhop only observed: it would {hop.action} it ({rule})"
     if hop.action == Action.INJECT:
@@ -467,7 +518,12 @@ def _lost_source(chain: Chain, prev: Hop | None, hop: Hop, grants: _Grants) -> t
     """(where the credential was, how to keep it) for a follow-up that carried none, or None."""
     if prev and prev.fingerprint:
         where = f"the Location of hop {prev.index} carried one ({prev.credential_label})"
-        if prev.observe:
+        if prev.observe and prev.replay:
+            into = " into the follow-up" if prev.action == Action.INJECT else ""
+            fix = (f"this capture was made without credhop: through it (mitmdump -s addons/credhop.py) rule "
+                   f"{prev.rule} would {prev.action} this credential{into}; or use a client that keeps Location "
+                   "userinfo (uv >= 0.7.16)")
+        elif prev.observe:
             into = " into the follow-up" if prev.action == Action.INJECT else ""
             fix = (f"credhop only observed (credhop_observe=true); without it rule {prev.rule} would "
                    f"{prev.action} this credential{into}; or use a client that keeps Location userinfo "
@@ -503,7 +559,9 @@ def _check_denied(chain: Chain, grants: _Grants) -> Iterator[Finding]:
             continue
         prev = main[n - 1] if n else None
         request = f"{hop.method} {hop.url} got {hop.status}"
-        if hop.status not in DENIED:
+        if hop.signed:
+            yield from _signed_denied(hop, request)
+        elif hop.status not in DENIED:
             yield _f("CH104", f"{request} after the redirect",
                      "look at the server's log for this request: the redirect itself worked", hop.index)
         elif hop.credential_sent:
@@ -525,6 +583,39 @@ def _check_denied(chain: Chain, grants: _Grants) -> Iterator[Finding]:
                          "chain",
                          f"if {hop.origin} needs authentication, configure the client with credentials for "
                          "it; a 404 can also mean the redirect points to the wrong path", hop.index)
+
+
+def _authorization_sent(hop: Hop) -> bool:
+    """Whether an Authorization header reached the server on this hop (a stripped leak did not)."""
+    return (any(s.header == "authorization" for s in hop.sent)
+            or any(leak.get("header") == "authorization" and leak.get("action") != Action.STRIP for leak in hop.leaks))
+
+
+def _signed_denied(hop: Hop, request: str) -> Iterator[Finding]:
+    if _authorization_sent(hop):
+        return  # CH205 names the cause
+    if hop.status in DENIED or hop.status == 400:
+        yield _f("CH102", f"{request} although the URL carries its own signature ({hop.signed}); no client "
+                 "credential belongs there",
+                 "the storage refused the signature: presigned URLs expire within minutes (retry, so the registry "
+                 "signs a fresh one), and must be requested as signed (same method, no extra signed headers); "
+                 "check the clocks of the registry and the client", hop.index)
+    else:
+        yield _f("CH104", f"{request} at a presigned URL ({hop.signed})",
+                 "look at the storage service's answer for this request: the redirect itself worked", hop.index)
+
+
+def _check_signed(chain: Chain, grants: _Grants) -> Iterator[Finding]:
+    for hop in chain.hops:
+        if hop.signed and hop.index > 0 and _authorization_sent(hop):
+            answer = f" and got {hop.status}" if hop.status is not None else ""
+            yield _f("CH205", f"{hop.method} {hop.url} carried Authorization to a presigned URL "
+                     f"({hop.signed}){answer}: the signature in the URL already authorizes it, so the header is a "
+                     "second mechanism (S3 answers 400 'Only one auth mechanism allowed') and a leak to the storage "
+                     "origin",
+                     "the client must drop Authorization when a redirect leaves the registry's origin (curl without "
+                     "--location-trusted, current pip/uv/requests); or set on_leak: strip on the rule that matches "
+                     "the registry's redirects", hop.index)
 
 
 def _check_leaks(chain: Chain, grants: _Grants) -> Iterator[Finding]:
@@ -671,7 +762,7 @@ def _check_follow_ups(chain: Chain, grants: _Grants) -> Iterator[Finding]:
 def _check_reused(chain: Chain, grants: _Grants) -> Iterator[Finding]:
     """Later same-origin requests (the wheel downloads) can fail after the index page worked."""
     for hop in chain.hops:
-        if not hop.reuse:
+        if not hop.reuse or hop.superseded:
             continue
         request = f"{hop.method} {hop.url} (a later request to the same origin) "
         if hop.error:
@@ -687,8 +778,9 @@ def _check_reused(chain: Chain, grants: _Grants) -> Iterator[Finding]:
                          "look at the server's log for this request: the redirect itself worked", hop.index)
 
 
-CHECKS: tuple[Check, ...] = (_check_location_credential, _check_denied, _check_leaks, _check_redirect_shape,
-                             _check_chain_shape, _check_injection, _check_follow_ups, _check_reused)
+CHECKS: tuple[Check, ...] = (_check_location_credential, _check_denied, _check_leaks, _check_signed,
+                             _check_redirect_shape, _check_chain_shape, _check_injection, _check_follow_ups,
+                             _check_reused)
 
 
 def _move(prev: Hop, hop: Hop) -> str | None:
@@ -703,6 +795,8 @@ def _move(prev: Hop, hop: Hop) -> str | None:
         return "forwarded"  # the client kept the Location's userinfo itself
     if hop.sent:
         return "client-credential"
+    if hop.signed:
+        return "signed"  # needs no credential: the URL carries its own
     if prev.fingerprint or prev.sent:
         if prev.fingerprint and prev.action == Action.STRIP and not prev.observe:
             return "stripped"

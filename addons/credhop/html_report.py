@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 from .diagnosis import REUSE_SHOWN, Chain, Finding, Hop
 from .report import VERDICT_MARK, credential_text, totals_line
-from .scrub import printable, scrub
+from .scrub import printable
+from .signed import scrub_report as scrub
 
 LANE_W, ROW_H, HEAD_H, CODES_W, PAD = 250, 78, 64, 110, 16
 CHAR_W = 7.2  # px per character of the 11.5px monospace labels, for truncating them
@@ -23,7 +24,7 @@ MOVE_LABEL = {
     "injected": "injected", "forwarded": "forwarded by client",
     "client-credential": "client's own credential", "client-header": "client's own header",
     "stripped": "stripped", "lost": "no credential: LOST", "dropped": "not sent", "leaked": "LEAKED",
-    "leak-stripped": "leak stripped",
+    "leak-stripped": "leak stripped", "signed": "signed URL: its own authorization",
 }
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1d232b;
@@ -58,6 +59,7 @@ svg .move-injected rect,svg .move-forwarded rect{fill:#2e7d32}
 svg .move-lost rect,svg .move-leaked rect{fill:#c62828}
 svg .move-stripped rect,svg .move-dropped rect,svg .move-leak-stripped rect{fill:#6d7780}
 svg .move-client-credential rect,svg .move-client-header rect{fill:#b27d00}
+svg .move-signed rect{fill:#1976d2}
 svg .loc-credential rect{fill:#fff3e0;stroke:#e08a00}
 svg .loc-credential text{fill:#8a4b00;font-size:11px}
 svg .code rect{rx:4}svg .code text{fill:#fff;font-size:11px;font-weight:700}

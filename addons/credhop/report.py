@@ -13,7 +13,8 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from .diagnosis import KINDS, REUSE_SHOWN, Chain, Finding, Hop, severity_rank
-from .scrub import printable, scrub
+from .scrub import printable
+from .signed import scrub_report as scrub
 
 VERDICT_MARK = {"failed": "✗ FAILED", "unknown": "? UNKNOWN", "ok": "✓ ok"}
 ANSI = {"error": "31;1", "warning": "33", "info": "36", "failed": "31;1", "unknown": "33", "ok": "32",
@@ -79,7 +80,8 @@ def credential_text(hop: Hop) -> str:
     parts = []
     if hop.redirect and hop.fingerprint:
         if hop.observe:
-            did = f"would {hop.action} (observe only, rule {hop.rule})"
+            how = "capture replayed" if hop.replay else "observe only"
+            did = f"would {hop.action} ({how}, rule {hop.rule})"
         elif hop.action == "keep":
             did = f"kept in Location ({hop.reason or f'rule {hop.rule}'})"
         else:
@@ -103,6 +105,8 @@ def credential_text(hop: Hop) -> str:
         parts.append("sent " + ", ".join(s.label() for s in hop.sent))
     if hop.error:
         parts.append(f"failed: {hop.error}")
+    if hop.superseded:
+        parts.append("first try; the client retried")
     return "; ".join(parts)
 
 
@@ -111,6 +115,7 @@ MOVE_WORDS = {
     "lost": "no credential sent: LOST",
     "stripped": "no credential sent (stripped by credhop)",
     "dropped": "no credential sent",
+    "signed": "no client credential: the presigned URL carries its own",
 }
 
 

@@ -40,11 +40,13 @@ _USERINFO_END = re.compile(r"[/?#\r\n]")
 # OAuth tokens): their values are redacted, as OpenTelemetry's `url.full` convention asks.
 SIGNED_PARAMS = (
     "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature", "x-goog-credential",
-    "sig", "signature", "awsaccesskeyid", "token", "access_token", "id_token", "refresh_token",
-    "client_secret", "api_key", "apikey",
+    "sig", "signature", "awsaccesskeyid", "policy", "key-pair-id", "token", "access_token", "id_token",
+    "refresh_token", "client_secret", "api_key", "apikey",
 )
+# `name=value` after ? & ; # (also percent-encoded, for a signed URL nested in another URL's query)
 _SIGNED_PARAM = re.compile(
-    r"(?i)([?&;#](?:" + "|".join(re.escape(p) for p in SIGNED_PARAMS) + r")=)([^&#\s'\"<>]+)"
+    r"(?i)((?:[?&;#]|%3F|%26)(?:" + "|".join(re.escape(p) for p in SIGNED_PARAMS) + r")(?:=|%3D))"
+    r"((?:(?!%26)[^&#\s\"'<>\\])+)"
 )
 MAX_SHOWN = 300  # characters of a (redacted) Location quoted in an error message
 
@@ -281,7 +283,9 @@ def redact_url(text: str) -> str:
 
 def redact_params(text: str) -> str:
     """Replace the values of signed-URL and token parameters (`SIGNED_PARAMS`) by `REDACTED`."""
-    return _SIGNED_PARAM.sub(lambda m: m[1] + "REDACTED", text) if "=" in text else text
+    if "=" not in text and "%3D" not in text.upper():
+        return text
+    return _SIGNED_PARAM.sub(lambda m: m[0] if m[2] in ("REDACTED", "***") else m[1] + "REDACTED", text)
 
 
 @dataclass(frozen=True, slots=True)

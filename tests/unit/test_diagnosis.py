@@ -210,6 +210,22 @@ def unfollowed() -> Log:
     return log
 
 
+# a presigned URL as a hop log holds it once its signing values are redacted
+SIGNED = ("https://bucket.s3.example/pkg-1.0-py3-none-any.whl?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+          "&X-Amz-Credential=***&X-Amz-Date=20261202T000000Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host"
+          "&X-Amz-Signature=***")
+
+
+def signed_download(status: int = 200, auth: bool = False, action: str = "log") -> Log:
+    """A download the registry redirects to a presigned URL; with `auth` the client re-sends Authorization."""
+    log = Log()
+    log.redirect(0, "https://registry.example/pypi/files/pkg-1.0-py3-none-any.whl", SIGNED,
+                 sent=OWN if auth else None)
+    flow = log.leak(1, SIGNED, "other-host", action) if auth else None
+    log.response(1, SIGNED, status, OWN if auth and action == "log" else None, flow=flow)
+    return log
+
+
 CASES: dict[str, tuple[list[Log], list[Log]]] = {
     "CH101": ([lost_observe()], [injected_ok(), injected_rejected(), no_credential_404()]),
     "CH102": ([injected_rejected()], [lost_observe(), injected_ok()]),
@@ -223,6 +239,9 @@ CASES: dict[str, tuple[list[Log], list[Log]]] = {
               [leak("other-port", "https://redirector.example:8443/x"),
                leak("scheme-downgrade", "http://o.example/", "strip")]),
     "CH204": ([leak("other-host", "https://other.example/x", "strip")], [leak("other-host", "https://other.example/x")]),
+    "CH205": ([signed_download(400, auth=True)],
+              [signed_download(), signed_download(auth=True, action="strip"), signed_download(403),
+               leak("other-host", "https://other.example/x")]),
     "CH301": ([plain_redirect(to="http://registry.example/simple/")],
               [plain_redirect(), plain_redirect(frm="http://a.example/", to="http://b.example/")]),
     "CH302": ([hops(3, loop=True), hops(1, loop=True)], [hops(3), plain_redirect(), bounce()]),
@@ -406,7 +425,7 @@ def test_catalogue_texts_survive_scrubbing():
                 assert scrub(f.message) == f.message and scrub(f.hint) == f.hint, f.code
 
 
-@pytest.mark.parametrize("module", ["diagnosis", "report", "html_report", "cli", "__main__"])
+@pytest.mark.parametrize("module", ["diagnosis", "report", "html_report", "cli", "__main__", "replay", "signed"])
 def test_report_modules_import_neither_mitmproxy_nor_the_addon(module):
     import ast
     import importlib.util

@@ -227,7 +227,7 @@ def test_html_option_writes_the_page(tmp_path):
 
 def test_findings_lists_every_code():
     code, out, _ = cli("findings")
-    assert code == 0 and "CH101  error    credential-lost-on-redirect" in out and len(out.splitlines()) == 27
+    assert code == 0 and "CH101  error    credential-lost-on-redirect" in out and len(out.splitlines()) == 28
 
 
 # -- as a program, without mitmproxy ----------------------------------------------------------------
