@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Awaitable, NoReturn, TypeVar
 
 from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
 
 from .bodies import Decoded, Replacer, Scrubber, decoder, readable, userinfo_replacements
 from .credentials import Fingerprinter, credential_from_header
+from .destination import Resolver, verified_origin
 from .decide import REDIRECTS, FollowUp, Redirect, RedirectDecision, decide_follow_up, decide_redirect, next_position
 from .diagnosis import Chain, diagnose
 from .leaks import SentSecret, secrets_sent
@@ -42,6 +44,7 @@ log = logging.getLogger("credhop")
 
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")  # package data: shipped in the wheel
 META = "credhop"  # flow.metadata key: {"chain", "hop"}, plain values so saved flows stay writable
+DESTINATION = "credhop_destination"  # flow.metadata key: the destination origin `_destination` found
 MARKER = ":key:"
 RELOAD_INTERVAL = 1.0
 MAX_LIVE_FLOWS = 10_000
@@ -80,6 +83,7 @@ class CredHop:
         self.observe = False
         self.ttl = 600
         self.secret_headers = secret_header_names()
+        self.resolver = Resolver()  # transparent mode: names the client gave, checked on the proxy
         self._flows: OrderedDict[str, FlowState] = OrderedDict()
         self._rules_stamp: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -278,10 +282,10 @@ class CredHop:
 
     async def _follow_up(self, flow: http.HTTPFlow, client: str, awaited: bool) -> None:
         request = flow.request
-        origin = _origin(request)
+        origin = await self._destination(flow)
         position = watch = None
         if awaited:
-            position = await self._ask(self.pending.follow(client, normalize_url(_url(request))), None)
+            position = await self._ask(self.pending.follow(client, normalize_url(_url(flow))), None)
             if position is None:
                 watch = await self._ask(self.pending.watching(client, origin), None)
         held = await self._ask(self.store.get(client, origin), None) if self.store.may_hold(client) else None
@@ -320,6 +324,23 @@ class CredHop:
         self._emit(InjectRecord(**self._base(flow, position), **fields, action=Action.INJECT))
         _mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
 
+    async def _destination(self, flow: http.HTTPFlow) -> Origin:
+        """The one place a request's destination origin is computed (see destination.py).
+
+        mitmproxy's request scheme, host and port, as always; in transparent mode `request.host` is
+        the original destination address (SO_ORIGINAL_DST), and a name the client gave (Host or
+        `:authority`, TLS SNI) replaces it only when the proxy resolves that name to that address.
+        The answer is kept in the flow's metadata for `_origin` and `_url`."""
+        request, client = flow.request, flow.client_conn
+        verdict = await verified_origin(
+            isinstance(getattr(client, "proxy_mode", None), mode_specs.TransparentMode),
+            request.scheme, request.host, request.port, (request.host_header, client.sni), self.resolver,
+            original=client.sockname)
+        if verdict.how != "request":
+            flow.metadata[DESTINATION] = {"for": [request.scheme, request.host, request.port],
+                                          "host": verdict.origin.host, "how": verdict.how}
+        return verdict.origin
+
     def _inject(self, flow: http.HTTPFlow, state: FlowState, grant: Grant) -> None:
         assert self.fingerprint is not None
         request = flow.request
@@ -331,12 +352,13 @@ class CredHop:
 
     async def _redirect(self, flow: http.HTTPFlow, streamed: bool) -> None:
         assert self.fingerprint is not None and flow.response is not None
-        request, response = flow.request, flow.response
+        response = flow.response
         client = _client(flow)
         state = self._state(flow)
         state.redirect_seen = True
         position = state.position or self._place(flow, new_chain())
-        redirect = Redirect(client, _url(request), _origin(request), response.status_code,
+        origin = await self._destination(flow)
+        redirect = Redirect(client, _url(flow), origin, response.status_code,
                             tuple(response.headers.get_all("location")))
         decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, self.clock(),
                                    ChainPosition(position.chain, position.hop + 1))
@@ -377,7 +399,7 @@ class CredHop:
             assert location.credential is not None
             message = self.redactor(printable(one_line=True, text=
                 f"credhop: rule {decision.rule.name!r} blocked a {response.status_code} redirect from "
-                f"{redact_url(_url(flow.request))} to {location.redacted} "
+                f"{redact_url(_url(flow))} to {location.redacted} "
                 f"(credential user={location.credential.display_user or '(token)'} {decision.fingerprint}).")
             ).encode() + b"\n"
             response.status_code, response.reason = 403, "Forbidden"
@@ -422,8 +444,8 @@ class CredHop:
                                   sent=[s.as_record() for s in self._sent(flow, state)] or None))
         if response.status_code == 401 and not state.reuse and not position.retry:
             # clients such as pip ask again, with credentials: that request continues this hop
-            await self._ask(self.pending.expect(_client(flow), normalize_url(_url(flow.request)),
-                                                _origin(flow.request), replace(position, retry=True)), None)
+            await self._ask(self.pending.expect(_client(flow), normalize_url(_url(flow)),
+                                                _origin(flow), replace(position, retry=True)), None)
 
     async def _ask(self, call: Awaitable[T], fallback: T) -> T:
         """A store call with its own deadline: a slow or broken store never stalls the flow, and
@@ -454,7 +476,7 @@ class CredHop:
 
     def _base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:
         return dict(ts=round(self.clock(), 6), client=_client(flow), chain=position.chain, hop=position.hop,
-                    flow=flow.id, method=flow.request.method, url=redact_url(_url(flow.request)),
+                    flow=flow.id, method=flow.request.method, url=redact_url(_url(flow)),
                     retry=position.retry, reuse=reuse)
 
     def _redirect_record(self, flow: http.HTTPFlow, position: ChainPosition, decision: RedirectDecision,
@@ -589,14 +611,26 @@ def _mark(flow: http.HTTPFlow, comment: str) -> None:
     flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
 
 
-def _origin(request: http.Request) -> Origin:
-    """Where mitmproxy really sends the request: never the Host header."""
-    return Origin(request.scheme, request.host.lower(), request.port)
+def _origin(flow: http.HTTPFlow) -> Origin:
+    """Where mitmproxy really sends the request: never the Host header. Its host is the name
+    `CredHop._destination` verified for a transparent flow, else mitmproxy's `request.host`."""
+    request = flow.request
+    return Origin(request.scheme, _verified_host(flow) or request.host.lower(), request.port)
 
 
-def _url(request: http.Request) -> str:
-    """The request's URL as URL parsers read it (mitmproxy's `Request.url` leaves IPv6 hosts bare)."""
-    return request_url(request.scheme, request.host, request.port, request.path)
+def _url(flow: http.HTTPFlow) -> str:
+    """The request's URL as URL parsers read it (mitmproxy's `Request.url` leaves IPv6 hosts bare),
+    with the host of `_origin`."""
+    request = flow.request
+    return request_url(request.scheme, _verified_host(flow) or request.host, request.port, request.path)
+
+
+def _verified_host(flow: http.HTTPFlow) -> str | None:
+    """The host `CredHop._destination` found for this request as it is now, if it ran (transparent mode)."""
+    request, found = flow.request, flow.metadata.get(DESTINATION)
+    if isinstance(found, dict) and found.get("for") == [request.scheme, request.host, request.port]:
+        return str(found["host"])
+    return None
 
 
 def _rewrite_body(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
