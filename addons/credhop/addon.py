@@ -27,6 +27,7 @@ from mitmproxy.proxy import mode_specs
 
 from .bodies import Decoded, Replacer, Scrubber, decoder, readable, userinfo_replacements
 from .credentials import Fingerprinter, credential_from_header
+from . import exposure
 from .destination import Resolver, verified_origin
 from .decide import REDIRECTS, FollowUp, Redirect, RedirectDecision, decide_follow_up, decide_redirect, next_position
 from .diagnosis import Chain, diagnose
@@ -204,6 +205,8 @@ class CredHop:
 
     def running(self) -> None:
         self._running = True
+        for line in exposure.warnings(_listeners(), bool(getattr(ctx.options, "proxyauth", None))):
+            log.warning("%s", line)
         try:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_rules())
         except RuntimeError:  # no event loop (unit tests): reload by command only
@@ -521,7 +524,12 @@ class CredHop:
     def _sent(self, flow: http.HTTPFlow, state: FlowState) -> list[SentSecret]:
         if state.sent is None:
             assert self.fingerprint is not None
-            state.sent = secrets_sent(flow.request.headers.items(multi=True), self.secret_headers,
+            names = self.secret_headers
+            if isinstance(getattr(flow.client_conn, "proxy_mode", None), mode_specs.UpstreamMode):
+                # the parent proxy's credential (upstream_auth, or the client's own): the parent takes
+                # it off, no origin server gets it, and it goes with every request: never a leak
+                names = names - {"proxy-authorization"}
+            state.sent = secrets_sent(flow.request.headers.items(multi=True), names,
                                       self.fingerprint, state.injected)
         return state.sent
 
@@ -654,6 +662,19 @@ def _rewrite_body(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
     # compressed: the scrubber must see plain bytes; what credhop cannot decode is not passed on
     decompress = decoder(encoding)
     response.stream = Decoded(decompress, rewriter) if decompress else Replacer(b"")
+
+
+def _listeners() -> list[exposure.Listener]:
+    """Where the proxy listens, per `--mode` (and `--listen-host`/`--listen-port` as defaults)."""
+    listeners = []
+    for spec in getattr(ctx.options, "mode", ()):
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy reports it
+        listeners.append(exposure.Listener(mode.type_name, mode.listen_host(ctx.options.listen_host),
+                                           mode.listen_port(ctx.options.listen_port)))
+    return listeners
 
 
 def _client(flow: http.HTTPFlow) -> str:
