@@ -525,9 +525,11 @@ class CredHop:
         if state.sent is None:
             assert self.fingerprint is not None
             names = self.secret_headers
-            if isinstance(getattr(flow.client_conn, "proxy_mode", None), mode_specs.UpstreamMode):
+            if isinstance(getattr(flow.client_conn, "proxy_mode", None), mode_specs.UpstreamMode) \
+                    and flow.request.scheme == "http":
                 # the parent proxy's credential (upstream_auth, or the client's own): the parent takes
-                # it off, no origin server gets it, and it goes with every request: never a leak
+                # it off, no origin server gets it, and it goes with every request: never a leak.
+                # (Inside an https tunnel it would reach the server: watched there as ever.)
                 names = names - {"proxy-authorization"}
             state.sent = secrets_sent(flow.request.headers.items(multi=True), names,
                                       self.fingerprint, state.injected)

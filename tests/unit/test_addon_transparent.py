@@ -173,6 +173,12 @@ def test_upstream_mode_never_takes_the_parent_proxys_credential_for_a_leak(hop):
     records = hop.records()
     assert not [x for x in records if x["event"] == "leak"]
     assert all(s["header"] != "proxy-authorization" for x in records for s in x.get("sent") or [])
+    # inside an https tunnel the header would reach the server: watched as in every other mode
+    tunnelled = upstream_flow("https://redirector.example/simple/other/", resp=True)
+    tunnelled.response.status_code = 302
+    tunnelled.response.headers["location"] = "https://registry.example/other/"
+    hop.responseheaders(tunnelled)
+    assert [s["header"] for s in hop.records()[-1]["sent"]] == ["proxy-authorization"]
 
 
 def test_exposure_warnings():
