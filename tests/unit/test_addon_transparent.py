@@ -3,7 +3,6 @@ parent-proxy credential; the warning for a proxy open beyond loopback."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 
@@ -13,7 +12,7 @@ from mitmproxy.test import tflow
 from credhop import exposure
 from credhop.destination import Resolver
 from tests.secrets_check import assert_no_leak
-from tests.unit.addon_helpers import ENCODED, FORMS, TOKEN, basic, hop, sync  # noqa: F401  (hop is a fixture)
+from tests.unit.addon_helpers import ENCODED, FORMS, TOKEN, basic, hop  # noqa: F401  (hop is a fixture)
 
 CLIENT = ("10.0.1.10", 50000)
 INDEX, REDIRECTOR, EVIL = "10.0.9.20", "10.0.9.21", "10.0.9.22"
