@@ -1,9 +1,10 @@
-"""`credhop report HOPLOG`: explain every redirect chain in a hop log; `credhop proxy`: run the proxy.
+"""`credhop report HOPLOG`: explain every redirect chain in a hop log; `credhop proxy`: run the proxy;
+`credhop check RULES…`: validate rules files.
 
 Exit status: 0 when no shown chain has an error-level finding, 1 when one has
-(so CI jobs can gate on it), 2 for usage errors and unreadable logs. Imports
-mitmproxy only for `credhop proxy`, so the report runs wherever the log was
-copied to.
+(so CI jobs can gate on it), 2 for usage errors and unreadable logs; for
+`check`, 1 when a file is invalid. Imports mitmproxy only for `credhop proxy`,
+so the report and the check run wherever the files were copied to.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .diagnosis import CATALOGUE, SEVERITIES, diagnose, kind_of, read_hoplog
 from .scrub import scrub
 from .html_report import render_html
 from .report import Selection, render_json, render_markdown, render_text
+from .rules import RulesError, load_rules
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -51,7 +53,32 @@ def _parser() -> argparse.ArgumentParser:
                         help="only findings at or above this level, and chains that have one")
     report.add_argument("--html", metavar="OUT.html", type=Path, help="also write a self-contained HTML page")
     commands.add_parser("findings", help="list every finding code")
+    check = commands.add_parser(
+        "check", help="validate rules files (for CI, before deploying them)",
+        description="Validate credhop rules files exactly as the proxy loads them. Each invalid file gets "
+                    "one line, FILE:LINE:COLUMN: KEY: problem, on stderr; exit status 1 when any file is "
+                    "invalid (or, with --strict, has a warning), 0 otherwise.")
+    check.add_argument("rules", nargs="+", metavar="RULES.yaml", help="rules file(s) to check")
+    check.add_argument("--strict", action="store_true",
+                       help="fail on warnings too (such as a rule injecting over plaintext http into any host)")
     return parser
+
+
+def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    failed = False
+    for path in args.rules:
+        try:
+            rules = load_rules(path)
+        except RulesError as e:
+            err.write(f"{scrub(str(e))}\n")
+            failed = True
+            continue
+        for warning in rules.warnings:
+            err.write(f"{scrub(warning)} (warning)\n")
+        failed = failed or (args.strict and bool(rules.warnings))
+        out.write(f"{scrub(path)}: {len(rules.rules)} rule(s), valid"
+                  f"{f', {len(rules.warnings)} warning(s)' if rules.warnings else ''}\n")
+    return EXIT_FINDINGS if failed else EXIT_OK
 
 
 def _use_color(stream: TextIO) -> bool:
@@ -121,6 +148,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _report(args, out, err)
         except BrokenPipeError:  # `credhop report … | head`
             return EXIT_OK
+    if args.command == "check":
+        return _check(args, out, err)
     if args.command == "findings":
         for kind in CATALOGUE:
             out.write(f"{kind.code}  {kind.severity:<7}  {kind.name:<34} {kind.title}\n")
