@@ -201,3 +201,20 @@ def test_running_warns_once_per_open_listener(hop, caplog):
         hop.addon._watcher = None
     lines = [r.getMessage() for r in caplog.records if "beyond loopback" in r.getMessage()]
     assert lines == [lines[0]] and "transparent proxy listening on 0.0.0.0:8081" in lines[0]
+
+
+def test_http2_authority_is_the_name_on_http2(hop):
+    use_table(hop)
+    grant(hop)
+    f = transparent(INDEX, "/pypi/simple/pkg/", None, "registry.example")
+    f.request.http_version = "HTTP/2.0"
+    f.request.authority = "registry.example"
+    f.request.headers.pop("host", None)
+    hop.requestheaders(f)
+    assert f.request.headers["authorization"] == basic("aws", TOKEN)
+    forged = transparent(EVIL, "/pypi/simple/pkg/", None, "registry.example")
+    forged.request.http_version = "HTTP/2.0"
+    forged.request.authority = "registry.example"
+    forged.request.headers.pop("host", None)
+    hop.requestheaders(forged)
+    assert "authorization" not in forged.request.headers
