@@ -54,8 +54,11 @@ fixture: deps
 # -- test set-up ----------------------------------------------------------------
 
 system-deps:
-	@missing=""; for pair in curl:curl git:git chromium:chromium nginx:nginx; do \
-		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	@# as root also what tests/e2e/test_transparent.py needs (network namespaces; they skip otherwise)
+	@missing=""; pairs="curl:curl git:git chromium:chromium nginx:nginx"; \
+	if [ "$$(id -u)" = 0 ]; then pairs="$$pairs nft:nftables iptables:iptables squid:squid openssl:openssl"; fi; \
+	for pair in $$pairs; do \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "credhop: installing$$missing"; \

@@ -21,12 +21,34 @@ from pathlib import Path
 from typing import Any, Awaitable, NoReturn, TypeVar
 
 from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
 
+from . import exposure
 from .bodies import Replacer, Scrubber
 from .credentials import Fingerprinter, credential_from_header
-from .decide import REDIRECTS, FollowUp, Redirect, decide_follow_up, decide_redirect, next_position, redirect_record
+from .decide import (
+    REDIRECTS,
+    FollowUp,
+    Redirect,
+    decide_follow_up,
+    decide_redirect,
+    next_position,
+    redirect_record,
+)
+from .destination import Resolver, verified_origin
 from .diagnosis import Chain, diagnose
-from .flows import add_header, apply_redirect, client_of, finish_body, mark, origin_of, url_of
+from .flows import (
+    add_header,
+    apply_redirect,
+    client_of,
+    finish_body,
+    is_transparent,
+    is_upstream,
+    mark,
+    origin_of,
+    remember_destination,
+    url_of,
+)
 from .leaks import SentSecret, secrets_sent
 from .options import declare, deferred_problem, fingerprint_key
 from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
@@ -44,7 +66,7 @@ from .rules import MAX_TTL, RulesError, RuleSet, load_rules
 from .scrub import Redactor, SecretFilter, secret_header_names
 from .sinks import Counters, EventLog, HopLogFile, RecentChains, Sinks
 from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable
-from .urls import normalize_url, redact_url
+from .urls import Origin, normalize_url, redact_url
 
 log = logging.getLogger("credhop")
 
@@ -86,6 +108,7 @@ class CredHop:
         self.observe = False
         self.ttl = 600
         self.secret_headers = secret_header_names()
+        self.resolver = Resolver()  # transparent mode: names the client gave, checked on the proxy
         self._flows: OrderedDict[str, FlowState] = OrderedDict()
         self._rules_stamp: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -156,6 +179,8 @@ class CredHop:
 
     def running(self) -> None:
         self._running = True
+        for line in exposure.warnings(_listeners(), bool(getattr(ctx.options, "proxyauth", None))):
+            log.warning("%s", line)
         try:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_rules())
         except RuntimeError:  # no event loop (unit tests): reload by command only
@@ -234,10 +259,10 @@ class CredHop:
 
     async def _follow_up(self, flow: http.HTTPFlow, client: str, awaited: bool) -> None:
         request = flow.request
-        origin = origin_of(request)
+        origin = await self._destination(flow)
         position = watch = None
         if awaited:
-            position = await self._ask(self.pending.follow(client, normalize_url(url_of(request))), None)
+            position = await self._ask(self.pending.follow(client, normalize_url(url_of(flow))), None)
             if position is None:
                 watch = await self._ask(self.pending.watching(client, origin), None)
         held = await self._ask(self.store.get(client, origin), None) if self.store.may_hold(client) else None
@@ -278,6 +303,18 @@ class CredHop:
         self._emit(InjectRecord(**self._base(flow, position), **fields, action=Action.INJECT))
         mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
 
+    async def _destination(self, flow: http.HTTPFlow) -> Origin:
+        """The one place a request's destination origin is decided (see destination.py): mitmproxy's
+        request scheme, host and port, as always; in transparent mode `request.host` is the original
+        destination address, and a name the client gave (Host or `:authority`, TLS SNI) replaces it
+        only when the proxy resolves that name to that address."""
+        request, client = flow.request, flow.client_conn
+        verdict = await verified_origin(is_transparent(flow), request.scheme, request.host, request.port,
+                                        (request.host_header, client.sni), self.resolver, original=client.sockname)
+        if verdict.how != "request":
+            remember_destination(flow, verdict.origin.host, verdict.how)
+        return verdict.origin
+
     def _inject(self, flow: http.HTTPFlow, state: FlowState, grant: Grant) -> None:
         assert self.fingerprint is not None
         add_header(flow.request, grant)
@@ -286,12 +323,13 @@ class CredHop:
 
     async def _redirect(self, flow: http.HTTPFlow, streamed: bool) -> None:
         assert self.fingerprint is not None and flow.response is not None
-        request, response = flow.request, flow.response
+        response = flow.response
         client = client_of(flow)
         state = self._state(flow)
         state.redirect_seen = True
         position = state.position or self._place(flow, new_chain())
-        redirect = Redirect(client, url_of(request), origin_of(request), response.status_code,
+        issuer = await self._destination(flow)  # first: url_of reads the name it verified
+        redirect = Redirect(client, url_of(flow), issuer, response.status_code,
                             tuple(response.headers.get_all("location")))
         decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, self.clock(),
                                    ChainPosition(position.chain, position.hop + 1))
@@ -328,8 +366,8 @@ class CredHop:
                                   sent=[s.as_record() for s in self._sent(flow, state)] or None))
         if response.status_code == 401 and not state.reuse and not position.retry:
             # clients such as pip ask again, with credentials: that request continues this hop
-            await self._ask(self.pending.expect(client_of(flow), normalize_url(url_of(flow.request)),
-                                                origin_of(flow.request), replace(position, retry=True)), None)
+            await self._ask(self.pending.expect(client_of(flow), normalize_url(url_of(flow)),
+                                                origin_of(flow), replace(position, retry=True)), None)
 
     async def _ask(self, call: Awaitable[T], fallback: T) -> T:
         """A store call with its own deadline: a slow or broken store never stalls the flow, and
@@ -362,7 +400,7 @@ class CredHop:
 
     def _base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:
         return dict(ts=round(self.clock(), 6), client=client_of(flow), chain=position.chain, hop=position.hop,
-                    flow=flow.id, method=flow.request.method, url=redact_url(url_of(flow.request)),
+                    flow=flow.id, method=flow.request.method, url=redact_url(url_of(flow)),
                     retry=position.retry, reuse=reuse)
 
     def _emit(self, record: Record) -> None:
@@ -390,8 +428,13 @@ class CredHop:
     def _sent(self, flow: http.HTTPFlow, state: FlowState) -> list[SentSecret]:
         if state.sent is None:
             assert self.fingerprint is not None
-            state.sent = secrets_sent(flow.request.headers.items(multi=True), self.secret_headers,
-                                      self.fingerprint, state.injected)
+            names = self.secret_headers
+            if is_upstream(flow) and flow.request.scheme == "http":
+                # the parent proxy's credential (upstream_auth, or the client's own): the parent takes
+                # it off, no origin server gets it, and it goes with every request: never a leak.
+                # (Inside an https tunnel it would reach the server: watched there as ever.)
+                names = names - {"proxy-authorization"}
+            state.sent = secrets_sent(flow.request.headers.items(multi=True), names, self.fingerprint, state.injected)
         return state.sent
 
     # -- commands --------------------------------------------------------------------
@@ -452,6 +495,19 @@ class CredHop:
             return HopLogFile(path, redactor)
         except OSError as e:
             raise exceptions.OptionsError(f"credhop_log: cannot open {path}: {e.strerror}") from None
+
+
+def _listeners() -> list[exposure.Listener]:
+    """Where the proxy listens, per `--mode` (and `--listen-host`/`--listen-port` as defaults)."""
+    listeners = []
+    for spec in getattr(ctx.options, "mode", ()):
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy reports it
+        listeners.append(exposure.Listener(mode.type_name, mode.listen_host(ctx.options.listen_host),
+                                           mode.listen_port(ctx.options.listen_port)))
+    return listeners
 
 
 def _exit_at_start(message: str) -> NoReturn:

@@ -1,10 +1,11 @@
-"""`credhop report FILE…`: explain every redirect chain in hop logs and captures; `credhop proxy`: run the proxy.
+"""`credhop report FILE…`: explain every redirect chain in hop logs and captures; `credhop proxy`: run the
+proxy; `credhop check RULES…`: validate rules files.
 
 Exit status: 0 when no shown chain has an error-level finding, 1 when one has
-(so CI jobs can gate on it), 2 for usage errors and unreadable inputs. Imports
-nothing from mitmproxy for hop logs and HAR files, so the report runs wherever
-they were copied to; only mitmproxy flow files (see captures.py) and
-`credhop proxy` need it.
+(so CI jobs can gate on it), 2 for usage errors and unreadable inputs; for
+`check`, 1 when a file is invalid. Imports nothing from mitmproxy for hop logs,
+HAR files and rules files, so the report and the check run wherever they were
+copied to; only mitmproxy flow files (see captures.py) and `credhop proxy` need it.
 """
 
 from __future__ import annotations
@@ -63,7 +64,32 @@ def _parser() -> argparse.ArgumentParser:
                         help="only findings at or above this level, and chains that have one")
     report.add_argument("--html", metavar="OUT.html", type=Path, help="also write a self-contained HTML page")
     commands.add_parser("findings", help="list every finding code")
+    check = commands.add_parser(
+        "check", help="validate rules files (for CI, before deploying them)",
+        description="Validate credhop rules files exactly as the proxy loads them. Each invalid file gets "
+                    "one line, FILE:LINE:COLUMN: KEY: problem, on stderr; exit status 1 when any file is "
+                    "invalid (or, with --strict, has a warning), 0 otherwise.")
+    check.add_argument("rules", nargs="+", metavar="RULES.yaml", help="rules file(s) to check")
+    check.add_argument("--strict", action="store_true",
+                       help="fail on warnings too (such as a rule injecting over plaintext http into any host)")
     return parser
+
+
+def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    failed = False
+    for path in args.rules:
+        try:
+            rules = load_rules(path)
+        except RulesError as e:
+            err.write(f"{scrub(str(e))}\n")
+            failed = True
+            continue
+        for warning in rules.warnings:
+            err.write(f"{scrub(warning)} (warning)\n")
+        failed = failed or (args.strict and bool(rules.warnings))
+        out.write(f"{scrub(path)}: {len(rules.rules)} rule(s), valid"
+                  f"{f', {len(rules.warnings)} warning(s)' if rules.warnings else ''}\n")
+    return EXIT_FINDINGS if failed else EXIT_OK
 
 
 def _use_color(stream: TextIO) -> bool:
@@ -136,6 +162,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _report(args, out, err)
         except BrokenPipeError:  # `credhop report … | head`
             return EXIT_OK
+    if args.command == "check":
+        return _check(args, out, err)
     if args.command == "findings":
         for kind in CATALOGUE:
             out.write(f"{kind.code}  {kind.severity:<7}  {kind.name:<34} {kind.title}\n")

@@ -7,7 +7,10 @@ added, the Location stripped, the 3xx body scrubbed or replaced by a block page.
 
 from __future__ import annotations
 
+from typing import Any
+
 from mitmproxy import http
+from mitmproxy.proxy import mode_specs
 
 from .bodies import Decoded, Replacer, Scrubber, decoder, readable, userinfo_replacements
 from .decide import RedirectDecision
@@ -17,6 +20,7 @@ from .store import Grant
 from .urls import Origin, redact_url, request_url
 
 MARKER = ":key:"
+DESTINATION = "credhop_destination"  # flow.metadata key: the name transparent mode verified
 BodyRewriter = Scrubber | Replacer
 
 
@@ -25,14 +29,44 @@ def client_of(flow: http.HTTPFlow) -> str:
     return str(peer[0]) if peer else "unknown"
 
 
-def origin_of(request: http.Request) -> Origin:
-    """Where mitmproxy really sends the request: never the Host header."""
-    return Origin(request.scheme, request.host.lower(), request.port)
+def origin_of(flow: http.HTTPFlow) -> Origin:
+    """Where mitmproxy really sends the request: never the Host header. Its host is the name
+    `CredHop.destination` verified for a transparent flow, else mitmproxy's `request.host`."""
+    request = flow.request
+    return Origin(request.scheme, _verified_host(flow) or request.host.lower(), request.port)
 
 
-def url_of(request: http.Request) -> str:
-    """The request's URL as URL parsers read it (mitmproxy's `Request.url` leaves IPv6 hosts bare)."""
-    return request_url(request.scheme, request.host, request.port, request.path)
+def url_of(flow: http.HTTPFlow) -> str:
+    """The request's URL as URL parsers read it (mitmproxy's `Request.url` leaves IPv6 hosts bare),
+    with the host of `origin_of`."""
+    request = flow.request
+    return request_url(request.scheme, _verified_host(flow) or request.host, request.port, request.path)
+
+
+def remember_destination(flow: http.HTTPFlow, host: str, how: str) -> None:
+    """Keep the name transparent mode verified for this request, for `origin_of` and `url_of`."""
+    request = flow.request
+    flow.metadata[DESTINATION] = {"for": [request.scheme, request.host, request.port], "host": host, "how": how}
+
+
+def _verified_host(flow: http.HTTPFlow) -> str | None:
+    """The host verified for this request as it is now, if transparent mode verified one."""
+    request, found = flow.request, flow.metadata.get(DESTINATION)
+    if isinstance(found, dict) and found.get("for") == [request.scheme, request.host, request.port]:
+        return str(found["host"])
+    return None
+
+
+def mode_of(flow: http.HTTPFlow) -> Any:
+    return getattr(flow.client_conn, "proxy_mode", None)
+
+
+def is_transparent(flow: http.HTTPFlow) -> bool:
+    return isinstance(mode_of(flow), mode_specs.TransparentMode)
+
+
+def is_upstream(flow: http.HTTPFlow) -> bool:
+    return isinstance(mode_of(flow), mode_specs.UpstreamMode)
 
 
 def mark(flow: http.HTTPFlow, comment: str) -> None:
@@ -66,7 +100,7 @@ def apply_redirect(flow: http.HTTPFlow, decision: RedirectDecision, streamed: bo
         assert location.credential is not None
         message = redactor(printable(one_line=True, text=(
             f"credhop: rule {decision.rule.name!r} blocked a {response.status_code} redirect from "
-            f"{redact_url(url_of(flow.request))} to {location.redacted} "
+            f"{redact_url(url_of(flow))} to {location.redacted} "
             f"(credential user={location.credential.display_user or '(token)'} {decision.fingerprint})."))
         ).encode() + b"\n"
         response.status_code, response.reason = 403, "Forbidden"
