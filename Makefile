@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "credhop: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip $(PIP_QUIET)
-	$(VENV)/bin/python -m pip install -q -e '.[test]' uv $(PIP_QUIET)
+	$(VENV)/bin/python -m pip install -q -e '.[test,fleet]' uv $(PIP_QUIET)
 	$(VENV)/bin/python -c 'import credhop.addon, mitmproxy.version as v; print("credhop: mitmproxy", v.VERSION)'
 	touch $@
 
@@ -54,7 +54,7 @@ fixture: deps
 # -- test set-up ----------------------------------------------------------------
 
 system-deps:
-	@missing=""; for pair in curl:curl git:git chromium:chromium nginx:nginx; do \
+	@missing=""; for pair in curl:curl git:git chromium:chromium nginx:nginx redis-server:redis-server haproxy:haproxy; do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -70,7 +70,7 @@ $(UV_OLD):
 $(VENVS)/mitmproxy-%/.installed: pyproject.toml
 	@test -n "$(PYTHON311)" || { echo "credhop: python3.11 not found (needed for mitmproxy $*)" >&2; exit 1; }
 	$(PYTHON311) -m venv $(VENVS)/mitmproxy-$*
-	$(VENVS)/mitmproxy-$*/bin/python -m pip install -q 'mitmproxy==$*' -e '.[test]' $(PIP_QUIET)
+	$(VENVS)/mitmproxy-$*/bin/python -m pip install -q 'mitmproxy==$*' -e '.[test,fleet]' $(PIP_QUIET)
 	$(VENVS)/mitmproxy-$*/bin/python -c 'import mitmproxy.version as v; assert v.VERSION == "$*", v.VERSION'
 	touch $@
 
