@@ -14,6 +14,7 @@ import difflib
 import logging
 import os
 import secrets
+import socket
 import sys
 import time
 import traceback
@@ -29,6 +30,7 @@ from .credentials import Fingerprinter, credential_from_header
 from .decide import REDIRECTS, FollowUp, Redirect, RedirectDecision, decide_follow_up, decide_redirect, next_position
 from .diagnosis import Chain, diagnose
 from .leaks import SentSecret, secrets_sent
+from .metrics import parse_listen
 from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
 from .records import Action, ErrorRecord, InjectRecord, LeakRecord, Record, RedirectRecord, ResponseRecord, Why
 from .report import render_text, summary_line
@@ -46,6 +48,7 @@ MARKER = ":key:"
 RELOAD_INTERVAL = 1.0
 MAX_LIVE_FLOWS = 10_000
 STORE_DEADLINE = 0.5  # seconds: mitmproxy runs no timeout while a hook awaits
+CLIENT_IDS = ("address", "proxyauth")
 INTERNAL_ERROR = b"credhop: this request was stopped because credhop failed to decide about it; see the proxy log\n"
 T = TypeVar("T")
 
@@ -70,7 +73,7 @@ class CredHop:
         self.store: CredentialStore = MemoryStore(clock=clock)
         self.pending: PendingFollowUps = MemoryPending(clock=clock)
         self.counters = Counters()
-        self.recent = RecentChains(self._chain_failed)
+        self.recent = RecentChains(self._chain_failed, on_judged=self._chain_judged)
         self.redactor = Redactor()
         self.filter = SecretFilter(self.redactor)
         self.event_log = EventLog(self.redactor)
@@ -85,6 +88,11 @@ class CredHop:
         self._watcher: asyncio.Task[None] | None = None
         self._running = False
         self._store_failing = False
+        self.client_id = "address"  # credhop_client_id
+        self.instance: str | None = None  # credhop_instance, in every record
+        self.metrics: Any = None  # metrics.Metrics while credhop_metrics is set
+        self._link: Any = None  # redis_store.RedisLink while credhop_store is a Redis URL
+        self._deadline = STORE_DEADLINE
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -119,6 +127,35 @@ class CredHop:
             "File holding the HMAC key for credential fingerprints. Empty: "
             "credhop-fingerprint.key in mitmproxy's confdir, created on first use. "
             "Share it between proxies to get comparable fingerprints.",
+        )
+        loader.add_option(
+            "credhop_store", str, "memory",
+            "Where grants and pending follow-ups live: 'memory' (this process) or a Redis URL shared by a "
+            "fleet of proxies (redis://, rediss://, unix://, redis+sentinel://host:port,…/service).",
+        )
+        loader.add_option(
+            "credhop_store_key", str, "",
+            "With a Redis store: file of 64-hex-digit keys (openssl rand -hex 32), one per line, shared by the "
+            "fleet. The first seals what Redis holds; the others are still accepted for reading (rotation).",
+        )
+        loader.add_option(
+            "credhop_store_timeout", int, 200,
+            "Milliseconds (1..10000) a Redis store call may take; a slower or failed call is answered "
+            "locally and never retried.",
+        )
+        loader.add_option(
+            "credhop_client_id", str, "address",
+            "Whose grant a request may use: 'address' (the client's IP) or 'proxyauth' (the user "
+            "--proxyauth authenticated; use it behind a TCP load balancer).",
+            choices=list(CLIENT_IDS),
+        )
+        loader.add_option(
+            "credhop_instance", str, "",
+            "This proxy's name in hop-log records and reports. Empty: HOST:PORT.",
+        )
+        loader.add_option(
+            "credhop_metrics", str, "",
+            "Serve Prometheus metrics at http://HOST:PORT/metrics. Empty: off.",
         )
         self._check_deferred(loader.master)
         for handler in logging.getLogger().handlers:
@@ -179,12 +216,30 @@ class CredHop:
         fingerprint = self.fingerprint
         if "credhop_fingerprint_key" in updated or fingerprint is None:
             fingerprint = Fingerprinter(self._fingerprint_key(opts.credhop_fingerprint_key))
+        if "credhop_store_timeout" in updated and not 0 < opts.credhop_store_timeout <= 10_000:
+            raise exceptions.OptionsError(
+                f"credhop_store_timeout must be 1..10000 milliseconds, not {opts.credhop_store_timeout}")
+        if opts.credhop_client_id == "proxyauth" and not getattr(opts, "proxyauth", None):
+            raise exceptions.OptionsError("credhop_client_id=proxyauth needs mitmproxy's --proxyauth: "
+                                          "without it no request names a user")
+        stores = None
+        if updated & {"credhop_store", "credhop_store_key", "credhop_store_timeout", "credhop_max_credentials"}:
+            stores = self._make_stores(opts)
+        metrics = self.metrics
+        if "credhop_metrics" in updated:
+            metrics = self._make_metrics(opts.credhop_metrics)
         redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
         hoplog = self._open_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
 
         self.ttl, self.observe, self.secret_headers, self.fingerprint = ttl, observe, headers, fingerprint
-        if "credhop_max_credentials" in updated:
-            self.store = MemoryStore(opts.credhop_max_credentials, clock=self.clock)
+        self.client_id = opts.credhop_client_id
+        self.instance = opts.credhop_instance or f"{socket.gethostname()}:{getattr(opts, 'listen_port', None) or 8080}"
+        if stores is not None:
+            self._use_stores(*stores)
+        if metrics is not self.metrics:
+            if self.metrics:
+                self.metrics.close()
+            self.metrics = metrics
         if redactor is not self.redactor:
             redactor.remember(self.redactor.known())
             self.redactor = self.filter.redactor = redactor
@@ -194,7 +249,7 @@ class CredHop:
         self.hoplog = hoplog
         if hoplog:
             hoplog.redactor = redactor
-        self.sinks = Sinks(*(s for s in (self.counters, self.recent, self.event_log, hoplog) if s))
+        self.sinks = Sinks(*(s for s in (self.counters, self.recent, self.event_log, hoplog, self.metrics) if s))
         if rules is not None:
             self._use_rules(*rules)
 
@@ -212,6 +267,10 @@ class CredHop:
         if self.hoplog:
             self.hoplog.close()
             self.hoplog = None
+        if self.metrics:
+            self.metrics.close()
+            self.metrics = None
+        self._use_stores(MemoryStore(clock=self.clock), MemoryPending(clock=self.clock), None)
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self.filter)
 
@@ -230,7 +289,7 @@ class CredHop:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or flow.is_replay == "request":
             return
-        client = _client(flow)
+        client = self._client(flow)
         awaited = self.pending.awaits(client)
         if not awaited and not self.store.may_hold(client):
             return  # nothing pending, nothing held: the common case costs two lookups
@@ -281,10 +340,10 @@ class CredHop:
         origin = _origin(request)
         position = watch = None
         if awaited:
-            position = await self._ask(self.pending.follow(client, normalize_url(_url(request))), None)
+            position = await self._ask(self.pending.follow(client, normalize_url(_url(request))), None, "follow")
             if position is None:
-                watch = await self._ask(self.pending.watching(client, origin), None)
-        held = await self._ask(self.store.get(client, origin), None) if self.store.may_hold(client) else None
+                watch = await self._ask(self.pending.watching(client, origin), None, "watching")
+        held = await self._ask(self.store.get(client, origin), None, "get") if self.store.may_hold(client) else None
         if position is None and held is None and watch is None:
             return
         state = self._state(flow)
@@ -332,17 +391,17 @@ class CredHop:
     async def _redirect(self, flow: http.HTTPFlow, streamed: bool) -> None:
         assert self.fingerprint is not None and flow.response is not None
         request, response = flow.request, flow.response
-        client = _client(flow)
+        client = self._client(flow)
         state = self._state(flow)
         state.redirect_seen = True
         position = state.position or self._place(flow, new_chain())
         redirect = Redirect(client, _url(request), _origin(request), response.status_code,
-                            tuple(response.headers.get_all("location")))
+                            tuple(response.headers.get_all("location")), address=_address(flow))
         decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, self.clock(),
                                    ChainPosition(position.chain, position.hop + 1))
         if decision.grant and not self.observe:
             refusal = await self._ask(self.store.grant(decision.grant),
-                                      Refusal(Why.STORE_UNAVAILABLE, "the credential store did not answer"))
+                                      Refusal(Why.STORE_UNAVAILABLE, "the credential store did not answer"), "grant")
             if refusal:
                 decision = decision.refused(refusal)
         if decision.location and decision.location.credential:
@@ -358,7 +417,7 @@ class CredHop:
         if decision.location:
             await self._ask(self.pending.expect(client, normalize_url(decision.location.url), decision.location.origin,
                                                 next_position(redirect, position, decision, sent, state.stripped)),
-                            None)
+                            None, "expect")
 
     def _apply(self, flow: http.HTTPFlow, state: FlowState, decision: RedirectDecision, streamed: bool) -> None:
         response = flow.response
@@ -422,23 +481,123 @@ class CredHop:
                                   sent=[s.as_record() for s in self._sent(flow, state)] or None))
         if response.status_code == 401 and not state.reuse and not position.retry:
             # clients such as pip ask again, with credentials: that request continues this hop
-            await self._ask(self.pending.expect(_client(flow), normalize_url(_url(flow.request)),
-                                                _origin(flow.request), replace(position, retry=True)), None)
+            await self._ask(self.pending.expect(self._client(flow), normalize_url(_url(flow.request)),
+                                                _origin(flow.request), replace(position, retry=True)), None, "expect")
 
-    async def _ask(self, call: Awaitable[T], fallback: T) -> T:
+    async def _ask(self, call: Awaitable[T], fallback: T, op: str = "other") -> T:
         """A store call with its own deadline: a slow or broken store never stalls the flow, and
-        its answer is then `fallback` (which never injects)."""
+        its answer is then `fallback` (which never injects). A Redis store bounds its own calls
+        (credhop_store_timeout) and answers locally; this deadline is the last resort."""
+        start = time.monotonic()
         try:
-            result = await asyncio.wait_for(call, STORE_DEADLINE)
+            result = await asyncio.wait_for(call, self._deadline)
         except (asyncio.TimeoutError, StoreUnavailable, OSError) as e:
             self.counters.add("store_errors")
+            if self.metrics:
+                self.metrics.store_call(op, time.monotonic() - start, "failed")
+                self.metrics.store_error(op, "timeout" if isinstance(e, asyncio.TimeoutError) else "error")
             if not self._store_failing:  # once per outage
                 log.warning("credhop: credential store unavailable (%s); not injecting until it answers",
                             type(e).__name__)
             self._store_failing = True
             return fallback
+        if self.metrics:
+            self.metrics.store_call(op, time.monotonic() - start, "ok")
         self._store_failing = False
         return result
+
+    # -- fleet: client identity, shared store, metrics ------------------------------------------
+
+    def _client(self, flow: http.HTTPFlow) -> str:
+        """Who a grant is bound to: the client's address, or with credhop_client_id=proxyauth the
+        user mitmproxy's proxyauth authenticated for the connection (flow.metadata["proxyauth"] is
+        (user, password) on mitmproxy 10.4 to 12; only the user is read). A request without one
+        gets an identity of its own connection, which no other connection shares."""
+        if self.client_id == "proxyauth":
+            auth = flow.metadata.get("proxyauth")
+            user = auth[0] if isinstance(auth, (tuple, list)) and auth and isinstance(auth[0], str) else None
+            return f"user:{user}" if user else f"connection:{flow.client_conn.id}"
+        return _address(flow)
+
+    def _make_stores(self, opts: Any) -> tuple[Any, Any, Any]:
+        """(store, pending, link) for the options; raises OptionsError before anything changes."""
+        url = opts.credhop_store.strip()
+        if url == "memory":
+            return MemoryStore(opts.credhop_max_credentials, clock=self.clock), MemoryPending(clock=self.clock), None
+        try:
+            from .redis_store import RedisLink, RedisPending, RedisStore, StoreConfigError, connect, describe
+            from .sealing import KeyFileError, Sealer
+        except ImportError as e:
+            raise exceptions.OptionsError(f"credhop_store: a Redis store needs the redis package ({e.name}): "
+                                          f"pip install 'credhop[fleet]'") from None
+        if not opts.credhop_store_key:
+            raise exceptions.OptionsError(
+                "credhop_store: a Redis store needs credhop_store_key, a file with a key shared by the fleet "
+                "(openssl rand -hex 32 > store.key; chmod 600 store.key): credhop never stores credentials unsealed")
+        try:
+            sealer = Sealer.from_file(opts.credhop_store_key)
+        except KeyFileError as e:
+            raise exceptions.OptionsError(f"credhop_store_key: {e}") from None
+        timeout = opts.credhop_store_timeout / 1000
+        try:
+            client = connect(url, timeout)
+        except (StoreConfigError, ValueError) as e:
+            raise exceptions.OptionsError(f"credhop_store: {e}" if isinstance(e, StoreConfigError) else
+                                          f"credhop_store: cannot use {describe(url)!r}: {e}") from None
+        link = RedisLink(url, sealer, timeout, observer=self._store_event, client=client, clock=self.clock)
+        max_entries = opts.credhop_max_credentials
+        return (RedisStore(link, max_entries, clock=self.clock),
+                RedisPending(link, max_per_client=min(max_entries, 1_000), clock=self.clock), link)
+
+    def _use_stores(self, store: Any, pending: Any, link: Any) -> None:
+        old = self._link
+        self.store, self.pending, self._link = store, pending, link
+        self._deadline = max(STORE_DEADLINE, 3 * link.timeout) if link else STORE_DEADLINE
+        if link:
+            log.info("credhop: grants and follow-ups shared through %s (sealed, %d key(s)), as instance %s",
+                     link.where, link.sealer.generations, self.instance)
+        if old is not None:
+            try:
+                asyncio.get_running_loop().create_task(old.close())
+            except RuntimeError:
+                pass
+
+    def _store_event(self, op: str, seconds: float, cause: str | None) -> None:
+        """What the shared store's link saw: failures are counted (and logged by the link once per outage)."""
+        if cause is None:
+            return
+        self.counters.add("store_errors")
+        if self.metrics:
+            self.metrics.store_error(op, cause)
+
+    def _make_metrics(self, listen: str) -> Any:
+        if not listen:
+            return None
+        try:
+            host, port = parse_listen(listen)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from None
+        try:
+            from .metrics import Metrics
+
+            metrics = Metrics()
+        except ImportError as e:
+            raise exceptions.OptionsError(f"credhop_metrics needs prometheus_client ({e.name}): "
+                                          f"pip install 'credhop[fleet]'") from None
+        try:
+            metrics.serve(host, port)
+        except OSError as e:
+            raise exceptions.OptionsError(f"credhop_metrics: cannot listen on {listen}: {e.strerror or e}") from None
+        return metrics
+
+    def _chain_judged(self, chain: Chain) -> None:
+        if self.metrics:
+            self.metrics.chain_judged(chain)
+
+    def _refresh_metrics(self) -> None:
+        if self.metrics:
+            self.metrics.refresh(len(self.store), len(self.pending),  # type: ignore[arg-type]
+                                 not (self._link and self._link.down) and not self._store_failing)
 
     def _internal_error(self, flow: http.HTTPFlow, hook: str, error: Exception) -> None:
         """Fail closed: a request credhop could not judge might carry a leak or need a strip, so it
@@ -453,9 +612,9 @@ class CredHop:
     # -- records ---------------------------------------------------------------------
 
     def _base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:
-        return dict(ts=round(self.clock(), 6), client=_client(flow), chain=position.chain, hop=position.hop,
+        return dict(ts=round(self.clock(), 6), client=self._client(flow), chain=position.chain, hop=position.hop,
                     flow=flow.id, method=flow.request.method, url=redact_url(_url(flow.request)),
-                    retry=position.retry, reuse=reuse)
+                    retry=position.retry, reuse=reuse, instance=self.instance)
 
     def _redirect_record(self, flow: http.HTTPFlow, position: ChainPosition, decision: RedirectDecision,
                          sent: list[SentSecret]) -> RedirectRecord:
@@ -545,6 +704,7 @@ class CredHop:
     async def _watch_rules(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
+            self._refresh_metrics()
             path = ctx.options.credhop_rules
             if path and _stamp(path) != self._rules_stamp:
                 try:
@@ -622,7 +782,7 @@ def _rewrite_body(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
     response.stream = Decoded(decompress, rewriter) if decompress else Replacer(b"")
 
 
-def _client(flow: http.HTTPFlow) -> str:
+def _address(flow: http.HTTPFlow) -> str:
     peer = flow.client_conn.peername
     return str(peer[0]) if peer else "unknown"
 

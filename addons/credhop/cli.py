@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from .diagnosis import CATALOGUE, SEVERITIES, diagnose, kind_of, read_hoplog
+from .diagnosis import CATALOGUE, SEVERITIES, HopLogRead, diagnose, kind_of, read_hoplog
 from .scrub import scrub
 from .html_report import render_html
 from .report import Selection, render_json, render_markdown, render_text
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="explain every redirect chain of a hop log",
         description="Explain every redirect chain of a credhop hop log (JSON Lines). Exit status 1 when a "
                     "shown chain has an error-level finding, 2 on usage errors or an unreadable log.")
-    report.add_argument("hoplog", metavar="HOPLOG", help="the hop log (credhop_log), '-' for stdin")
+    report.add_argument("hoplogs", metavar="HOPLOG", nargs="+",
+                        help="the hop log (credhop_log), '-' for stdin; several (one per proxy instance of a "
+                             "fleet) are merged into the same chains")
     report.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     report.add_argument("--client", action="append", default=[], metavar="IP",
                         help="only this client (repeatable)")
@@ -66,15 +68,23 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             err.write(f"credhop report: unknown finding {wanted!r}; see `credhop findings`\n")
             return EXIT_USAGE
         codes.append(kind.code)
-    try:
-        read = read_hoplog("/dev/stdin" if args.hoplog == "-" else args.hoplog)
-    except OSError as e:
-        err.write(f"credhop report: cannot read {scrub(args.hoplog)}: {e.strerror or e}\n")
-        return EXIT_USAGE
-    if read.malformed and not read.records:
-        err.write(f"credhop report: {scrub(args.hoplog)} holds no hop-log records "
-                  f"({len(read.malformed)} malformed line(s)); is it a credhop_log file?\n")
-        return EXIT_USAGE
+    read = HopLogRead([], [])
+    lines = 0  # several logs: malformed line numbers count on from the previous file's last line
+    for hoplog in args.hoplogs:
+        try:
+            one = read_hoplog("/dev/stdin" if hoplog == "-" else hoplog)
+        except OSError as e:
+            err.write(f"credhop report: cannot read {scrub(hoplog)}: {e.strerror or e}\n")
+            return EXIT_USAGE
+        if one.malformed and not one.records:
+            err.write(f"credhop report: {scrub(hoplog)} holds no hop-log records "
+                      f"({len(one.malformed)} malformed line(s)); is it a credhop_log file?\n")
+            return EXIT_USAGE
+        read.records.extend(one.records)
+        read.malformed.extend(lines + n for n in one.malformed)
+        read.unknown_events += one.unknown_events
+        lines += one.lines
+
     selection = Selection(tuple(args.client), tuple(args.host), tuple(codes), args.severity)
     chains = selection.apply(diagnose(read.records))
     if args.format == "json":
@@ -85,7 +95,7 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(render_text(chains, color=_use_color(out), malformed=read.malformed))
     if args.html:
         try:
-            args.html.write_text(render_html(chains, read.malformed, source=Path(args.hoplog).name),
+            args.html.write_text(render_html(chains, read.malformed, source=", ".join(Path(h).name for h in args.hoplogs)),
                                  encoding="utf-8", errors="backslashreplace")
         except OSError as e:
             err.write(f"credhop report: cannot write {args.html}: {e.strerror or e}\n")
