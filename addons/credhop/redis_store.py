@@ -37,12 +37,14 @@ T = TypeVar("T")
 
 PREFIX = "credhop:v1:"
 PROBE_INTERVAL = 0.5  # seconds between pings while Redis is down
+FIRST_PROBE = 0.05
+QUIET_AFTER = 2.0  # an outage starting this soon after the last one ended is logged at debug level
 MAX_QUEUE = 16  # follow-ups one client may await for one URL
 MAX_WATCH = 8  # redirects of one client to one origin remembered for leak checks
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 
 # Observer(op, seconds, cause): cause None for an answer, else "timeout" | "connection" | "error" |
-# "unsealable"; op "down" with seconds=0 for a call answered locally because Redis is down.
+# "unsealable", or "down" for a call answered locally at once because Redis is known to be down.
 Observer = Callable[[str, float, "str | None"], None]
 
 
@@ -112,6 +114,7 @@ class RedisLink:
         self.outages = 0
         self.errors = 0
         self._probe: asyncio.Task[None] | None = None
+        self._last_up: float | None = None  # when the last outage ended
         self._scripts: dict[str, Any] = {}
 
     @property
@@ -125,7 +128,7 @@ class RedisLink:
 
     async def call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
         if self.down_since is not None:
-            self.observer("down", 0.0, None)
+            self.observer(op, 0.0, "down")  # answered locally without asking
             raise Down
         start = time.monotonic()
         try:
@@ -153,7 +156,8 @@ class RedisLink:
             self.down_since = time.monotonic()
             self.outages += 1
             detail = " ".join(str(error).split())[:200] or type(error).__name__
-            log.warning("credhop: shared store %s unavailable (%s: %s, during %s); grants made here keep "
+            flapping = self._last_up is not None and self.down_since - self._last_up < QUIET_AFTER
+            log.log(logging.DEBUG if flapping else logging.WARNING,"credhop: shared store %s unavailable (%s: %s, during %s); grants made here keep "
                         "working here, nothing waits on it until it answers", self.where, cause, detail, op)
             try:
                 self._probe = asyncio.get_running_loop().create_task(self._wait_until_back())
@@ -161,8 +165,11 @@ class RedisLink:
                 self.down_since = None  # no loop to probe from: the next call tries again
 
     async def _wait_until_back(self) -> None:
+        await self._drop_connections()  # idle ones may point at a server that died: start afresh
+        pause = FIRST_PROBE  # a busy event loop can miss a deadline with Redis fine: look again soon
         while True:
-            await asyncio.sleep(PROBE_INTERVAL)
+            await asyncio.sleep(pause)
+            pause = PROBE_INTERVAL
             try:
                 await asyncio.wait_for(self.redis.ping(), self.timeout)
             except asyncio.CancelledError:
@@ -170,9 +177,18 @@ class RedisLink:
             except Exception:
                 continue
             down = time.monotonic() - (self.down_since or time.monotonic())
-            self.down_since = None
-            log.warning("credhop: shared store %s answers again after %.1f s; sharing resumes", self.where, down)
+            flapping = self._last_up is not None and (self.down_since or 0) - self._last_up < QUIET_AFTER
+            self.down_since, self._last_up = None, time.monotonic()
+            log.log(logging.DEBUG if flapping else logging.WARNING,"credhop: shared store %s answers again after %.1f s; sharing resumes", self.where, down)
             return
+
+    async def _drop_connections(self) -> None:
+        try:
+            await asyncio.wait_for(self.redis.connection_pool.disconnect(), self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            pass
 
     async def close(self) -> None:
         if self._probe:
