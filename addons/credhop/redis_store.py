@@ -30,7 +30,7 @@ from .pending import ChainPosition, MemoryPending
 from .records import Action, Why
 from .sealing import Sealer, Unsealable
 from .store import Clock, Grant, MemoryStore, Refusal
-from .urls import Origin
+from .urls import DEFAULT_PORTS, Origin
 
 log = logging.getLogger("credhop")
 T = TypeVar("T")
@@ -38,6 +38,7 @@ T = TypeVar("T")
 PREFIX = "credhop:v1:"
 PROBE_INTERVAL = 0.5  # seconds between pings while Redis is down
 FIRST_PROBE = 0.05
+PREFETCH_FRESH = 0.2  # seconds a prefetched answer may be used by the same request's next call
 QUIET_AFTER = 2.0  # an outage starting this soon after the last one ended is logged at debug level
 MAX_QUEUE = 16  # follow-ups one client may await for one URL
 MAX_WATCH = 8  # redirects of one client to one origin remembered for leak checks
@@ -115,11 +116,38 @@ class RedisLink:
         self.errors = 0
         self._probe: asyncio.Task[None] | None = None
         self._last_up: float | None = None  # when the last outage ended
+        # a request's first call fetches what its next calls will ask in the same round trip:
+        # (client, origin, what) -> (when, raw value), each taken once
+        self._prefetched: dict[tuple[str, str, str], tuple[float, Any]] = {}
         self._scripts: dict[str, Any] = {}
 
     @property
     def down(self) -> bool:
         return self.down_since is not None
+
+    # key names: HMACs of what they are for, per key generation
+    def grant_key(self, client: str, origin: Origin, generation: int = 0) -> str:
+        return PREFIX + "g:" + self.sealer.name("grant", client, str(origin), generation=generation)
+
+    def watch_key(self, client: str, origin: Origin, generation: int = 0) -> str:
+        return PREFIX + "w:" + self.sealer.name("origin", client, str(origin), generation=generation)
+
+    def queue_key(self, client: str, url: str, generation: int = 0) -> str:
+        return PREFIX + "p:" + self.sealer.name("url", client, url, generation=generation)
+
+    def prefetched(self, client: str, origin: Origin, what: str) -> tuple[bool, Any]:
+        """(True, raw value) when this request's previous call already fetched it."""
+        entry = self._prefetched.pop((client, str(origin), what), None)
+        if entry is None or time.monotonic() - entry[0] > PREFETCH_FRESH:
+            return False, None
+        return True, entry[1]
+
+    def prefetch(self, client: str, origin: Origin, **values: Any) -> None:
+        now = time.monotonic()
+        if len(self._prefetched) > 1_000:  # left by requests that never asked: drop the stale
+            self._prefetched = {k: v for k, v in self._prefetched.items() if now - v[0] <= PREFETCH_FRESH}
+        for what, value in values.items():
+            self._prefetched[(client, str(origin), what)] = (now, value)
 
     def script(self, name: str, source: str) -> Any:
         if name not in self._scripts:
@@ -207,6 +235,20 @@ def _cause(error: BaseException) -> str:
     if isinstance(error, OSError) or type(error).__name__ in ("ConnectionError", "BusyLoadingError"):
         return "connection"
     return "error"
+
+
+def origin_of_url(url: str) -> Origin | None:
+    """The origin of a normalised http(s) URL, as the addon builds it from a request; None otherwise."""
+    import ada_url
+
+    try:
+        parsed = ada_url.URL(url)
+    except ValueError:
+        return None
+    scheme = parsed.protocol.rstrip(":")
+    if scheme not in ("http", "https"):
+        return None
+    return Origin(scheme, parsed.hostname.strip("[]"), int(parsed.port) if parsed.port else DEFAULT_PORTS[scheme])
 
 
 # -- what a value holds ------------------------------------------------------------------------
@@ -306,9 +348,8 @@ class RedisStore:
         self.evicted = 0
 
     def _keys(self, client: str, origin: Origin, generation: int = 0) -> tuple[str, str, str]:
-        name = self.link.sealer.name
-        who = name("client", client, generation=generation)
-        return PREFIX + "g:" + name("grant", client, str(origin), generation=generation), PREFIX + "c:" + who, who
+        who = self.link.sealer.name("client", client, generation=generation)
+        return self.link.grant_key(client, origin, generation), PREFIX + "c:" + who, who
 
     async def grant(self, grant: Grant) -> Refusal | None:
         refusal = self.local.refusal(grant)  # what this instance granted itself stands, Redis or not
@@ -338,8 +379,11 @@ class RedisStore:
     async def get(self, client: str, origin: Origin) -> Grant | None:
         local = await self.local.get(client, origin)
         keys = [self._keys(client, origin, g)[0] for g in range(self.link.sealer.generations)]
+        fetched, value = self.link.prefetched(client, origin, "grant") if len(keys) == 1 else (False, None)
         try:
-            if len(keys) == 1:
+            if fetched:
+                values = [value]
+            elif len(keys) == 1:
                 values = [await self.link.call("get", lambda: self.link.redis.hget(keys[0], "v"))]
             else:
                 async def several() -> list[Any]:
@@ -410,18 +454,15 @@ class RedisPending:
         self.expected = 0  # follow-ups this instance put in Redis, for the gauge
         self.dropped = 0
 
-    def _name(self, *parts: str, generation: int = 0) -> str:
-        return self.link.sealer.name(*parts, generation=generation)
-
     def awaits(self, client: str) -> bool:
         return True  # a 3xx on another instance may have sent the client here
 
     async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
         sealer, now = self.link.sealer, self.clock()
         expires = now + self.ttl
-        queue = PREFIX + "p:" + self._name("url", client, url)
-        watch = PREFIX + "w:" + self._name("origin", client, str(origin))
-        index = PREFIX + "pc:" + self._name("client", client)
+        queue = self.link.queue_key(client, url)
+        watch = self.link.watch_key(client, origin)
+        index = PREFIX + "pc:" + self.link.sealer.name("client", client)
         script = self.link.script("expect", EXPECT)
         body = _position_bytes(client, position, expires)
         keys = [queue, watch, index]
@@ -437,11 +478,17 @@ class RedisPending:
 
     async def follow(self, client: str, url: str) -> ChainPosition | None:
         now = self.clock()
+        origin = origin_of_url(url)
         for generation in range(self.link.sealer.generations):
-            queue = PREFIX + "p:" + self._name("url", client, url, generation=generation)
+            queue = self.link.queue_key(client, url, generation)
+            first = generation == 0 and origin is not None and self.link.sealer.generations == 1
             while True:
                 try:
-                    value = await self.link.call("follow", lambda: self.link.redis.lpop(queue))
+                    if first:  # one round trip for the request: what watching() and get() ask next
+                        value = await self.link.call("follow", lambda: self._lookup(client, queue, origin))
+                        first = False
+                    else:
+                        value = await self.link.call("follow", lambda: self.link.redis.lpop(queue))
                 except Down:
                     return await self.local.follow(client, url)
                 if value is None:
@@ -451,13 +498,24 @@ class RedisPending:
                     return entry[1]
         return await self.local.follow(client, url)
 
+    async def _lookup(self, client: str, queue: str, origin: Origin) -> Any:
+        pipe = self.link.redis.pipeline(transaction=False)
+        pipe.lpop(queue)
+        pipe.lrange(self.link.watch_key(client, origin), 0, -1)
+        pipe.hget(self.link.grant_key(client, origin), "v")
+        popped, watched, granted = await pipe.execute()
+        self.link.prefetch(client, origin, watch=watched, grant=granted)
+        return popped
+
     async def watching(self, client: str, origin: Origin) -> ChainPosition | None:
         now = self.clock()
         merged: ChainPosition | None = None
         for generation in range(self.link.sealer.generations):
-            watch = PREFIX + "w:" + self._name("origin", client, str(origin), generation=generation)
+            watch = self.link.watch_key(client, origin, generation)
+            fetched, prefetched = self.link.prefetched(client, origin, "watch") if generation == 0 else (False, None)
             try:
-                values = await self.link.call("watching", lambda: self.link.redis.lrange(watch, 0, -1))
+                values = prefetched if fetched else \
+                    await self.link.call("watching", lambda: self.link.redis.lrange(watch, 0, -1))
             except Down:
                 return await self.local.watching(client, origin)
             for value in values:

@@ -263,3 +263,20 @@ def test_redis_hung_never_stalls_a_call_beyond_the_deadline(redis, caplog):
         await one.close()
     asyncio.run(go())
     assert any("timeout" in r.getMessage() for r in caplog.records)
+
+
+def test_a_request_costs_one_round_trip(redis):
+    """follow() fetches what the same request's watching() and get() ask next, in one pipeline."""
+    async def go():
+        one = Instance(redis.url)
+        assert await one.store.grant(grant()) is None
+        one.store.local.clear()
+        one.seen.clear()
+        assert await one.pending.follow("10.0.0.1", "https://a.example/simple/") is None
+        assert await one.pending.watching("10.0.0.1", A) is None
+        assert (await one.store.get("10.0.0.1", A)).value == "Basic xyz"
+        assert [op for op, _, _ in one.seen] == ["follow"]
+        assert (await one.store.get("10.0.0.1", A)).value == "Basic xyz"  # taken once: asks again
+        assert [op for op, _, _ in one.seen] == ["follow", "get"]
+        await one.close()
+    asyncio.run(go())
