@@ -556,6 +556,9 @@ class CredHop:
         if link:
             log.info("credhop: grants and follow-ups shared through %s (sealed, %d key(s)), as instance %s",
                      link.where, link.sealer.generations, self.instance)
+            if not ctx.options.credhop_fingerprint_key:
+                log.warning("credhop: credhop_fingerprint_key is not set: each instance makes its own key, so "
+                            "fingerprints (swap and leak checks across instances) differ; give the fleet one file")
         if old is not None:
             try:
                 asyncio.get_running_loop().create_task(old.close())

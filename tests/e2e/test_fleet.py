@@ -270,9 +270,12 @@ def _traffic(f: Fleet, registry, seconds: float, phase: Phase, user: str) -> Non
             _fetch(f, "bob", registry.index.project_url + "?who=bob")
             with lock:
                 phase.bob += 1
-            time.sleep(0.02)
+            time.sleep(0.05)
 
-    threads = [threading.Thread(target=alice), threading.Thread(target=alice), threading.Thread(target=bob)]
+    # one thread for `user`: its 3xx and follow-up are consecutive connections, which round-robin sends
+    # to different instances unless one of bob's falls in between (two threads in lockstep would each
+    # stay on one instance and hide the faults)
+    threads = [threading.Thread(target=alice), threading.Thread(target=bob)]
     for t in threads:
         t.start()
     for t in threads:
