@@ -355,6 +355,11 @@ class RedisStore:
         refusal = self.local.refusal(grant)  # what this instance granted itself stands, Redis or not
         if refusal:
             return refusal
+        if self.link.sealer.generations > 1:  # mid-rotation: a grant under the old key's name stands too
+            held = await self._held_under_old_names(grant.client, grant.origin)
+            if held and _conflict(held, grant):
+                return Refusal(Why.SWAP_REFUSED,
+                               f"{grant.origin} already holds a live credential handed out by {held.issuer}")
         key, index, who = self._keys(grant.client, grant.origin)
         sealer, now = self.link.sealer, self.clock()
         ttl_ms = max(1, int((grant.expires - now) * 1000))
@@ -395,13 +400,36 @@ class RedisStore:
         except Down:
             return local
         now = self.clock()
+        found = []
         for key, value in zip(keys, values):
             grant = self._open(value, key, "get") if value else None
             if grant and grant.client == client and grant.origin == origin and grant.expires > now:
-                if local and local.issuer != grant.issuer and local.fingerprint != grant.fingerprint:
-                    return local  # granted here first, while Redis had lost it: no swap through a restart
-                return grant
-        return local
+                found.append(grant)
+        if not found:
+            return local
+        if any(_conflict(found[0], other) for other in found[1:]):
+            return local  # mid-rotation, two keys' names hold different credentials: neither is sure
+        if local and _conflict(local, found[0]):
+            return local  # granted here first, while Redis had lost it: no swap through a restart
+        return found[0]
+
+    async def _held_under_old_names(self, client: str, origin: Origin) -> Grant | None:
+        keys = [self._keys(client, origin, g)[0] for g in range(1, self.link.sealer.generations)]
+
+        async def several() -> list[Any]:
+            pipe = self.link.redis.pipeline(transaction=False)
+            for k in keys:
+                pipe.hget(k, "v")
+            return await pipe.execute()
+        try:
+            values = await self.link.call("grant", several)
+        except Down:
+            return None
+        for key, value in zip(keys, values):
+            held = self._open(value, key, "grant") if value else None
+            if held and held.client == client and held.origin == origin and held.expires > self.clock():
+                return held
+        return None
 
     def _open(self, value: bytes, key: str, op: str) -> Grant | None:
         try:
@@ -415,6 +443,11 @@ class RedisStore:
 
     def __len__(self) -> int:
         return len(self.local) if self.link.down else max(self.shared, len(self.local))
+
+
+def _conflict(held: Grant, other: Grant) -> bool:
+    """Two grants for one client and origin that the swap rule would not let replace each other."""
+    return held.issuer != other.issuer and held.fingerprint != other.fingerprint
 
 
 # -- pending follow-ups ---------------------------------------------------------------------------

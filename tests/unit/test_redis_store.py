@@ -280,3 +280,33 @@ def test_a_request_costs_one_round_trip(redis):
         assert [op for op, _, _ in one.seen] == ["follow", "get"]
         await one.close()
     asyncio.run(go())
+
+
+def test_no_swap_through_a_rotation(redis):
+    """Mid-rotation, an instance with the new key first must not let another site replace a grant
+    stored under the old key's names."""
+    async def go():
+        old = Instance(redis.url, keys=(K1,))
+        assert await old.store.grant(grant()) is None
+        rotated = Instance(redis.url, keys=(K2, K1))
+        refusal = await rotated.store.grant(grant(issuer=EVIL, fingerprint="hm:2", value="Basic evil"))
+        assert refusal and refusal.why is Why.SWAP_REFUSED
+        assert (await rotated.store.get("10.0.0.1", A)).value == "Basic xyz"
+        assert await rotated.store.grant(grant(fingerprint="hm:3", value="Basic fresh")) is None  # same issuer
+        assert (await rotated.store.get("10.0.0.1", A)).value == "Basic fresh"
+        for i in (old, rotated):
+            await i.close()
+    asyncio.run(go())
+
+
+def test_sentinel_url_finds_the_primary(redis, tmp_path):
+    from tests.fixtures.fleet import RedisSentinel
+
+    with RedisSentinel(tmp_path / "sentinel", redis) as sentinel:
+        async def go():
+            one, two = Instance(sentinel.url), Instance(redis.url)
+            assert await one.store.grant(grant()) is None
+            assert (await two.store.get("10.0.0.1", A)).value == "Basic xyz"  # it went to the primary
+            assert one.link.outages == 0
+            await one.close(), await two.close()
+        asyncio.run(go())
