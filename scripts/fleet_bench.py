@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,22 +69,21 @@ def main() -> int:
     plain = [f"{index.url}/files/{index.wheel.name}?n={i}" for i in range(args.requests)]
     chains = [f"{redirector.url}/simple/credhop-demo-pkg/" for _ in range(args.requests // 4)]
     results: dict[str, dict[str, list[float]]] = {}
-    with RedisServer(work / "redis") as redis:
+    with ExitStack() as stack:
+        stack.callback(redirector.stop)
+        stack.callback(index.stop)
+        redis = stack.enter_context(RedisServer(work / "redis"))
         configs = {"memory": {}, "redis": {"credhop_store": redis.url, "credhop_store_key": str(key)}}
-        proxies = {name: Mitmdump(work / name, pki.ca_cert, options=opts).__enter__() for name, opts in configs.items()}
-        try:
-            for _ in range(args.rounds):
-                for name, proxy in proxies.items():
-                    for kind, urls in (("plain", plain), ("chain", chains)):
-                        r = results.setdefault(f"{name} {kind}", {"lat": [], "cpu": [], "redis": []})
-                        before, rbefore = cpu(proxy.proc.pid), cpu(redis.proc.pid)
-                        r["lat"] += drive(proxy.port, urls)
-                        r["cpu"].append((cpu(proxy.proc.pid) - before) / len(urls))
-                        r["redis"].append((cpu(redis.proc.pid) - rbefore) / len(urls) if name == "redis" else 0.0)
-        finally:
-            for proxy in proxies.values():
-                proxy.__exit__()
-            index.stop(), redirector.stop()
+        proxies = {name: stack.enter_context(Mitmdump(work / name, pki.ca_cert, options=opts))
+                   for name, opts in configs.items()}
+        for _ in range(args.rounds):
+            for name, proxy in proxies.items():
+                for kind, urls in (("plain", plain), ("chain", chains)):
+                    r = results.setdefault(f"{name} {kind}", {"lat": [], "cpu": [], "redis": []})
+                    before, rbefore = cpu(proxy.proc.pid), cpu(redis.proc.pid)
+                    r["lat"] += drive(proxy.port, urls)
+                    r["cpu"].append((cpu(proxy.proc.pid) - before) / len(urls))
+                    r["redis"].append((cpu(redis.proc.pid) - rbefore) / len(urls) if name == "redis" else 0.0)
     print(f"{'configuration':<16} {'median':>9} {'p99':>9} {'mitmdump CPU/req':>17} {'redis CPU/req':>14}")
     for name, r in results.items():
         lat = sorted(r["lat"])

@@ -225,11 +225,16 @@ class CredHop:
         stores = None
         if updated & {"credhop_store", "credhop_store_key", "credhop_store_timeout", "credhop_max_credentials"}:
             stores = self._make_stores(opts)
-        metrics = self.metrics
-        if "credhop_metrics" in updated:
-            metrics = self._make_metrics(opts.credhop_metrics)
         redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
         hoplog = self._open_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
+        metrics = self.metrics
+        if "credhop_metrics" in updated:  # last: it starts a server, and nothing after it can fail
+            try:
+                metrics = self._make_metrics(opts.credhop_metrics)
+            except exceptions.OptionsError:
+                if hoplog and hoplog is not self.hoplog:
+                    hoplog.close()
+                raise
 
         self.ttl, self.observe, self.secret_headers, self.fingerprint = ttl, observe, headers, fingerprint
         self.client_id = opts.credhop_client_id
