@@ -120,6 +120,7 @@ class RedisLink:
         # (client, origin, what) -> (when, raw value), each taken once
         self._prefetched: dict[tuple[str, str, str], tuple[float, Any]] = {}
         self._scripts: dict[str, Any] = {}
+        self._unsealable_logged: float | None = None
 
     @property
     def down(self) -> bool:
@@ -173,8 +174,11 @@ class RedisLink:
         """A value that does not open: another fleet's key, or tampering. Treated as absent."""
         self.errors += 1
         self.observer(op, 0.0, "unsealable")
-        log.warning("credhop: a value in the shared store %s does not open with credhop_store_key; ignored",
-                    self.where)
+        now = time.monotonic()
+        if self._unsealable_logged is None or now - self._unsealable_logged > 60:  # once a minute at most
+            self._unsealable_logged = now
+            log.warning("credhop: a value in the shared store %s does not open with credhop_store_key (another "
+                        "key, or tampered); ignored", self.where)
 
     def _failed(self, op: str, error: BaseException, seconds: float) -> None:
         self.errors += 1
@@ -185,8 +189,9 @@ class RedisLink:
             self.outages += 1
             detail = " ".join(str(error).split())[:200] or type(error).__name__
             flapping = self._last_up is not None and self.down_since - self._last_up < QUIET_AFTER
-            log.log(logging.DEBUG if flapping else logging.WARNING,"credhop: shared store %s unavailable (%s: %s, during %s); grants made here keep "
-                        "working here, nothing waits on it until it answers", self.where, cause, detail, op)
+            log.log(logging.DEBUG if flapping else logging.WARNING,
+                    "credhop: shared store %s unavailable (%s: %s, during %s); grants made here keep working "
+                    "here, nothing waits on it until it answers", self.where, cause, detail, op)
             try:
                 self._probe = asyncio.get_running_loop().create_task(self._wait_until_back())
             except RuntimeError:
@@ -207,7 +212,8 @@ class RedisLink:
             down = time.monotonic() - (self.down_since or time.monotonic())
             flapping = self._last_up is not None and (self.down_since or 0) - self._last_up < QUIET_AFTER
             self.down_since, self._last_up = None, time.monotonic()
-            log.log(logging.DEBUG if flapping else logging.WARNING,"credhop: shared store %s answers again after %.1f s; sharing resumes", self.where, down)
+            log.log(logging.DEBUG if flapping else logging.WARNING,
+                    "credhop: shared store %s answers again after %.1f s; sharing resumes", self.where, down)
             return
 
     async def _drop_connections(self) -> None:
