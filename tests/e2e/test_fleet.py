@@ -394,3 +394,10 @@ def test_faults_under_traffic(registry_factory, redis_server, tmp_path, token, f
     assert 2 <= len(warnings) <= 4  # once per outage, with its cause
     assert any("connection" in w for w in warnings) and any("timeout" in w for w in warnings)
     assert all(r.get("instance") in ("credhop-a", "credhop-b") for recs in records for r in recs)
+
+
+def test_a_redis_store_without_a_key_refuses_to_start(pki, tmp_path):
+    proxy = Mitmdump(tmp_path / "proxy", pki.ca_cert, options={"credhop_store": "redis://127.0.0.1:9/0"})
+    assert proxy.run_expecting_failure() == 1
+    assert "credhop_store: a Redis store needs credhop_store_key" in proxy.output
+    assert "proxy listening" not in proxy.output and "Traceback" not in proxy.output

@@ -3,7 +3,6 @@ records naming their instance, and Prometheus metrics that agree with the hop lo
 
 from __future__ import annotations
 
-import json
 import urllib.request
 
 import pytest
