@@ -186,8 +186,12 @@ def test_uv_and_pip_install_through_a_balanced_fleet_sharing_redis(registry_fact
         injections = sum(v for (n, _), v in samples.items() if n == "credhop_injections_total")
         assert redirects == sum(1 for r in recs if r["event"] == "redirect")
         assert injections == sum(1 for r in recs if r["event"] == "inject" and r["action"] == "inject")
+        assert samples[("credhop_store_up", ())] == 1
+        assert any(n == "credhop_store_latency_seconds_count" for n, _ in samples)
         labels = {v for (n, ls), _ in samples.items() for _, v in ls}
         assert not {"alice", "bob", "user:alice", "127.0.0.1", "127.0.0.2"} & labels
+    chains = sum(v for samples in scrapes for (n, _), v in samples.items() if n == "credhop_chains_total")
+    assert chains >= 3  # each instance judges the chains (or halves of chains) that ended on it
     with capsys.disabled():
         print(f"\nfleet (redis): {crossed} chain(s) crossed instances, {injected} injected on the other instance; "
               f"{len(dump)} Redis keys, no token form found")

@@ -83,6 +83,14 @@ def test_proxy_users_behind_one_address_never_share_credentials(tmp_path, monkey
         alice = as_user("alice", follow("https://registry.example/simple/pkg/", client=("10.9.9.9", 1)))
         H.requestheaders(alice)
         assert alice.request.headers["authorization"] == basic("aws", TOKEN)  # another address, same user
+        # bob gets his own credential for the same origin, from the same address; each keeps his own
+        f = as_user("bob", redirect("https://bob:bobs-own-token@registry.example/simple/pkg/"))
+        H.responseheaders(f), H.response(f)
+        bob = as_user("bob", follow("https://registry.example/simple/pkg/"))
+        alice = as_user("alice", follow("https://registry.example/simple/pkg/"))
+        H.requestheaders(bob), H.requestheaders(alice)
+        assert bob.request.headers["authorization"] == basic("bob", "bobs-own-token")
+        assert alice.request.headers["authorization"] == basic("aws", TOKEN)
         addon.done()
 
 
