@@ -33,8 +33,8 @@ $(VENV)/.installed: pyproject.toml
 	@echo "credhop: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip $(PIP_QUIET)
-	$(VENV)/bin/python -m pip install -q -e '.[test]' uv $(PIP_QUIET)
-	$(VENV)/bin/python -c 'import credhop.addon, playwright.sync_api, mitmproxy.version as v; print("credhop: mitmproxy", v.VERSION)'
+	$(VENV)/bin/python -m pip install -q -e '.[test,fleet]' uv $(PIP_QUIET)
+	$(VENV)/bin/python -c 'import credhop.addon, credhop.redis_store, playwright.sync_api, mitmproxy.version as v; print("credhop: mitmproxy", v.VERSION)'
 	touch $@
 
 deps: $(VENV)/.installed
@@ -55,7 +55,7 @@ fixture: deps
 
 system-deps:
 	@# as root also what tests/e2e/test_transparent.py needs (network namespaces; they skip otherwise)
-	@missing=""; pairs="curl:curl git:git chromium:chromium nginx:nginx"; \
+	@missing=""; pairs="curl:curl git:git chromium:chromium nginx:nginx redis-server:redis-server haproxy:haproxy"; \
 	if [ "$$(id -u)" = 0 ]; then pairs="$$pairs nft:nftables iptables:iptables squid:squid openssl:openssl"; fi; \
 	for pair in $$pairs; do \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
@@ -73,7 +73,7 @@ $(UV_OLD):
 $(VENVS)/mitmproxy-%/.installed: pyproject.toml
 	@test -n "$(PYTHON311)" || { echo "credhop: python3.11 not found (needed for mitmproxy $*)" >&2; exit 1; }
 	$(PYTHON311) -m venv $(VENVS)/mitmproxy-$*
-	$(VENVS)/mitmproxy-$*/bin/python -m pip install -q 'mitmproxy==$*' -e '.[test]' $(PIP_QUIET)
+	$(VENVS)/mitmproxy-$*/bin/python -m pip install -q 'mitmproxy==$*' -e '.[test,fleet]' $(PIP_QUIET)
 	$(VENVS)/mitmproxy-$*/bin/python -c 'import mitmproxy.version as v; assert v.VERSION == "$*", v.VERSION'
 	touch $@
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 import time
 import traceback
@@ -24,6 +25,7 @@ from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from . import exposure
+from .backends import make_metrics, make_stores
 from .bodies import Replacer, Scrubber
 from .credentials import Fingerprinter, credential_from_header
 from .decide import (
@@ -39,6 +41,7 @@ from .destination import Resolver, verified_origin
 from .diagnosis import Chain, diagnose
 from .flows import (
     add_header,
+    address_of,
     apply_redirect,
     client_of,
     finish_body,
@@ -98,7 +101,7 @@ class CredHop:
         self.store: CredentialStore = MemoryStore(clock=clock)
         self.pending: PendingFollowUps = MemoryPending(clock=clock)
         self.counters = Counters()
-        self.recent = RecentChains(self._chain_failed)
+        self.recent = RecentChains(self._chain_failed, on_judged=self._chain_judged)
         self.redactor = Redactor()
         self.filter = SecretFilter(self.redactor)
         self.event_log = EventLog(self.redactor)
@@ -114,6 +117,11 @@ class CredHop:
         self._watcher: asyncio.Task[None] | None = None
         self._running = False
         self._store_failing = False
+        self.client_id = "address"  # credhop_client_id
+        self.instance: str | None = None  # credhop_instance, in every record
+        self.metrics: Any = None  # metrics.Metrics while credhop_metrics is set
+        self._link: Any = None  # redis_store.RedisLink while credhop_store is a Redis URL
+        self._deadline = STORE_DEADLINE
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -158,12 +166,35 @@ class CredHop:
         fingerprint = self.fingerprint
         if "credhop_fingerprint_key" in updated or fingerprint is None:
             fingerprint = Fingerprinter(fingerprint_key(opts.credhop_fingerprint_key, opts.confdir))
+        if "credhop_store_timeout" in updated and not 0 < opts.credhop_store_timeout <= 10_000:
+            raise exceptions.OptionsError(
+                f"credhop_store_timeout must be 1..10000 milliseconds, not {opts.credhop_store_timeout}")
+        if opts.credhop_client_id == "proxyauth" and not getattr(opts, "proxyauth", None):
+            raise exceptions.OptionsError("credhop_client_id=proxyauth needs mitmproxy's --proxyauth: "
+                                          "without it no request names a user")
+        stores = None
+        if updated & {"credhop_store", "credhop_store_key", "credhop_store_timeout", "credhop_max_credentials"}:
+            stores = make_stores(opts, self.clock, self._store_event)
         redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
         hoplog = self._open_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
+        metrics = self.metrics
+        if "credhop_metrics" in updated:  # last: it starts a server, and nothing after it can fail
+            try:
+                metrics = make_metrics(opts.credhop_metrics)
+            except exceptions.OptionsError:
+                if hoplog and hoplog is not self.hoplog:
+                    hoplog.close()
+                raise
 
         self.ttl, self.observe, self.secret_headers, self.fingerprint = ttl, observe, headers, fingerprint
-        if "credhop_max_credentials" in updated:
-            self.store = MemoryStore(opts.credhop_max_credentials, clock=self.clock)
+        self.client_id = opts.credhop_client_id
+        self.instance = opts.credhop_instance or f"{socket.gethostname()}:{getattr(opts, 'listen_port', None) or 8080}"
+        if stores is not None:
+            self._use_stores(*stores)
+        if metrics is not self.metrics:
+            if self.metrics:
+                self.metrics.close()
+            self.metrics = metrics
         if redactor is not self.redactor:
             redactor.remember(self.redactor.known())
             self.redactor = self.filter.redactor = redactor
@@ -173,7 +204,7 @@ class CredHop:
         self.hoplog = hoplog
         if hoplog:
             hoplog.redactor = redactor
-        self.sinks = Sinks(*(s for s in (self.counters, self.recent, self.event_log, hoplog) if s))
+        self.sinks = Sinks(*(s for s in (self.counters, self.recent, self.event_log, hoplog, self.metrics) if s))
         if rules is not None:
             self._use_rules(*rules)
 
@@ -193,6 +224,10 @@ class CredHop:
         if self.hoplog:
             self.hoplog.close()
             self.hoplog = None
+        if self.metrics:
+            self.metrics.close()
+            self.metrics = None
+        self._use_stores(MemoryStore(clock=self.clock), MemoryPending(clock=self.clock), None)
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self.filter)
 
@@ -211,7 +246,7 @@ class CredHop:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or flow.is_replay == "request":
             return
-        client = client_of(flow)
+        client = client_of(flow, self.client_id)
         awaited = self.pending.awaits(client)
         if not awaited and not self.store.may_hold(client):
             return  # nothing pending, nothing held: the common case costs two lookups
@@ -262,10 +297,10 @@ class CredHop:
         origin = await self._destination(flow)
         position = watch = None
         if awaited:
-            position = await self._ask(self.pending.follow(client, normalize_url(url_of(flow))), None)
+            position = await self._ask(self.pending.follow(client, normalize_url(url_of(flow))), None, "follow")
             if position is None:
-                watch = await self._ask(self.pending.watching(client, origin), None)
-        held = await self._ask(self.store.get(client, origin), None) if self.store.may_hold(client) else None
+                watch = await self._ask(self.pending.watching(client, origin), None, "watching")
+        held = await self._ask(self.store.get(client, origin), None, "get") if self.store.may_hold(client) else None
         if position is None and held is None and watch is None:
             return
         state = self._state(flow)
@@ -324,18 +359,18 @@ class CredHop:
     async def _redirect(self, flow: http.HTTPFlow, streamed: bool) -> None:
         assert self.fingerprint is not None and flow.response is not None
         response = flow.response
-        client = client_of(flow)
+        client = client_of(flow, self.client_id)
         state = self._state(flow)
         state.redirect_seen = True
         position = state.position or self._place(flow, new_chain())
         issuer = await self._destination(flow)  # first: url_of reads the name it verified
         redirect = Redirect(client, url_of(flow), issuer, response.status_code,
-                            tuple(response.headers.get_all("location")))
+                            tuple(response.headers.get_all("location")), address=address_of(flow))
         decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, self.clock(),
                                    ChainPosition(position.chain, position.hop + 1))
         if decision.grant and not self.observe:
             refusal = await self._ask(self.store.grant(decision.grant),
-                                      Refusal(Why.STORE_UNAVAILABLE, "the credential store did not answer"))
+                                      Refusal(Why.STORE_UNAVAILABLE, "the credential store did not answer"), "grant")
             if refusal:
                 decision = decision.refused(refusal)
         if decision.location and decision.location.credential:
@@ -351,7 +386,7 @@ class CredHop:
         if decision.location:
             await self._ask(self.pending.expect(client, normalize_url(decision.location.url), decision.location.origin,
                                                 next_position(redirect, position, decision, sent, state.stripped)),
-                            None)
+                            None, "expect")
 
     async def _close_hop(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """The final answer to a follow-up, so a report can tell what the client got."""
@@ -366,23 +401,65 @@ class CredHop:
                                   sent=[s.as_record() for s in self._sent(flow, state)] or None))
         if response.status_code == 401 and not state.reuse and not position.retry:
             # clients such as pip ask again, with credentials: that request continues this hop
-            await self._ask(self.pending.expect(client_of(flow), normalize_url(url_of(flow)),
-                                                origin_of(flow), replace(position, retry=True)), None)
+            await self._ask(self.pending.expect(client_of(flow, self.client_id), normalize_url(url_of(flow)),
+                                                origin_of(flow), replace(position, retry=True)), None, "expect")
 
-    async def _ask(self, call: Awaitable[T], fallback: T) -> T:
+    async def _ask(self, call: Awaitable[T], fallback: T, op: str = "other") -> T:
         """A store call with its own deadline: a slow or broken store never stalls the flow, and
-        its answer is then `fallback` (which never injects)."""
+        its answer is then `fallback` (which never injects). A Redis store bounds its own calls
+        (credhop_store_timeout) and answers locally; this deadline is the last resort."""
+        start = time.monotonic()
         try:
-            result = await asyncio.wait_for(call, STORE_DEADLINE)
+            result = await asyncio.wait_for(call, self._deadline)
         except (asyncio.TimeoutError, StoreUnavailable, OSError) as e:
             self.counters.add("store_errors")
+            if self.metrics:
+                self.metrics.store_call(op, time.monotonic() - start, "failed")
+                self.metrics.store_error(op, "timeout" if isinstance(e, asyncio.TimeoutError) else "error")
             if not self._store_failing:  # once per outage
                 log.warning("credhop: credential store unavailable (%s); not injecting until it answers",
                             type(e).__name__)
             self._store_failing = True
             return fallback
+        if self.metrics:
+            self.metrics.store_call(op, time.monotonic() - start, "ok")
         self._store_failing = False
         return result
+
+    # -- fleet: shared store, metrics --------------------------------------------------
+
+    def _use_stores(self, store: Any, pending: Any, link: Any) -> None:
+        old = self._link
+        self.store, self.pending, self._link = store, pending, link
+        self._deadline = max(STORE_DEADLINE, 3 * link.timeout) if link else STORE_DEADLINE
+        if link:
+            log.info("credhop: grants and follow-ups shared through %s (sealed, %d key(s)), as instance %s",
+                     link.where, link.sealer.generations, self.instance)
+            if not ctx.options.credhop_fingerprint_key:
+                log.warning("credhop: credhop_fingerprint_key is not set: each instance makes its own key, so "
+                            "fingerprints (swap and leak checks across instances) differ; give the fleet one file")
+        if old is not None:
+            try:
+                asyncio.get_running_loop().create_task(old.close())
+            except RuntimeError:
+                pass
+
+    def _store_event(self, op: str, seconds: float, cause: str | None) -> None:
+        """What the shared store's link saw: failures are counted (and logged by the link once per outage)."""
+        if cause is None:
+            return
+        self.counters.add("store_errors")
+        if self.metrics:
+            self.metrics.store_error(op, cause)
+
+    def _chain_judged(self, chain: Chain) -> None:
+        if self.metrics:
+            self.metrics.chain_judged(chain)
+
+    def _refresh_metrics(self) -> None:
+        if self.metrics:
+            self.metrics.refresh(len(self.store), len(self.pending),  # type: ignore[arg-type]
+                                 not (self._link and self._link.down) and not self._store_failing)
 
     def _internal_error(self, flow: http.HTTPFlow, hook: str, error: Exception, stop: bool = True) -> None:
         """Fail closed: a request credhop could not judge might carry a leak or need a strip, and a 3xx
@@ -399,9 +476,9 @@ class CredHop:
     # -- records ---------------------------------------------------------------------
 
     def _base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:
-        return dict(ts=round(self.clock(), 6), client=client_of(flow), chain=position.chain, hop=position.hop,
+        return dict(ts=round(self.clock(), 6), client=client_of(flow, self.client_id), chain=position.chain, hop=position.hop,
                     flow=flow.id, method=flow.request.method, url=redact_url(url_of(flow)),
-                    retry=position.retry, reuse=reuse)
+                    retry=position.retry, reuse=reuse, instance=self.instance)
 
     def _emit(self, record: Record) -> None:
         self.sinks.emit(record)
@@ -479,6 +556,7 @@ class CredHop:
     async def _watch_rules(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
+            self._refresh_metrics()
             path = ctx.options.credhop_rules
             if path and _stamp(path) != self._rules_stamp:
                 try:

@@ -31,11 +31,12 @@ REDIRECTS = frozenset(s for s in range(300, 400) if s != 304)
 class Redirect:
     """A 3xx as the core needs it."""
 
-    client: str  # the client's address
+    client: str  # the client's identity: its address, or its proxy user (credhop_client_id)
     url: str  # of the request that got the 3xx, as URL parsers read it
     issuer: Origin  # where that request really went
     status: int
     locations: tuple[str, ...]  # every Location header value
+    address: str | None = None  # the client's address, for rules' `client` CIDRs; None: `client` is it
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,8 @@ def decide_redirect(redirect: Redirect, rules: RuleSet, fingerprint: Fingerprint
     except LocationError as e:
         return RedirectDecision(Action.NONE, Why.LOCATION_UNPARSEABLE, str(e))
     # matched with or without a credential: a rule's on_leak covers every redirect it matches
-    rule = rules.first_match(Hop(location, redirect.issuer.host, redirect.status, _ip(redirect.client)))
+    address = redirect.address or redirect.client
+    rule = rules.first_match(Hop(location, redirect.issuer.host, redirect.status, _ip(address)))
     credential = location.credential
     if credential is None:
         return RedirectDecision(Action.NONE, location=location, rule=rule)

@@ -233,6 +233,7 @@ class HopLogRead:
     records: list[dict[str, Any]]
     malformed: list[int]  # 1-based line numbers of lines that are not hop-log records
     unknown_events: int = 0
+    lines: int = 0  # lines read
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -247,6 +248,7 @@ def _valid(record: Any) -> bool:
 def parse_records(lines: Iterable[str]) -> HopLogRead:
     read = HopLogRead([], [])
     for number, line in enumerate(lines, 1):
+        read.lines = number
         if not line.strip():
             continue
         try:

@@ -24,9 +24,21 @@ DESTINATION = "credhop_destination"  # flow.metadata key: the name transparent m
 BodyRewriter = Scrubber | Replacer
 
 
-def client_of(flow: http.HTTPFlow) -> str:
+def address_of(flow: http.HTTPFlow) -> str:
     peer = flow.client_conn.peername
     return str(peer[0]) if peer else "unknown"
+
+
+def client_of(flow: http.HTTPFlow, client_id: str = "address") -> str:
+    """Who a grant is bound to: the client's address, or with credhop_client_id=proxyauth the user
+    mitmproxy's proxyauth authenticated for the connection (flow.metadata["proxyauth"] is
+    (user, password) on mitmproxy 10.4 to 12; only the user is read). A request without one gets
+    an identity of its own connection, which no other connection shares."""
+    if client_id == "proxyauth":
+        auth = flow.metadata.get("proxyauth")
+        user = auth[0] if isinstance(auth, (tuple, list)) and auth and isinstance(auth[0], str) else None
+        return f"user:{user}" if user else f"connection:{flow.client_conn.id}"
+    return address_of(flow)
 
 
 def origin_of(flow: http.HTTPFlow) -> Origin:

@@ -21,6 +21,7 @@ from .scrub import DEFAULT_SECRET_HEADERS, Redactor
 
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")  # package data: shipped in the wheel
 PREFIX = "credhop_"
+CLIENT_IDS = ("address", "proxyauth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class Option:
     type: type
     default: Any
     help: str
+    choices: tuple[str, ...] | None = None
 
 
 OPTIONS = (
@@ -48,12 +50,28 @@ OPTIONS = (
     Option("credhop_fingerprint_key", str, "",
            "File holding the HMAC key for credential fingerprints. Empty: credhop-fingerprint.key in "
            "mitmproxy's confdir, created on first use. Share it between proxies to get comparable fingerprints."),
+    # a fleet of proxies (docs/fleet.md)
+    Option("credhop_store", str, "memory",
+           "Where grants and pending follow-ups live: 'memory' (this process) or a Redis URL shared by a "
+           "fleet of proxies (redis://, rediss://, unix://, redis+sentinel://host:port,…/service)."),
+    Option("credhop_store_key", str, "",
+           "With a Redis store: file of 64-hex-digit keys (openssl rand -hex 32), one per line, shared by the "
+           "fleet. The first seals what Redis holds; the others are still accepted for reading (rotation)."),
+    Option("credhop_store_timeout", int, 200,
+           "Milliseconds (1..10000) a Redis store call may take; a slower or failed call is answered "
+           "locally and never retried."),
+    Option("credhop_client_id", str, "address",
+           "Whose grant a request may use: 'address' (the client's IP) or 'proxyauth' (the user "
+           "--proxyauth authenticated; use it behind a TCP load balancer).", choices=CLIENT_IDS),
+    Option("credhop_instance", str, "", "This proxy's name in hop-log records and reports. Empty: HOST:PORT."),
+    Option("credhop_metrics", str, "", "Serve Prometheus metrics at http://HOST:PORT/metrics. Empty: off."),
 )
 
 
 def declare(loader: Any) -> None:
     for option in OPTIONS:
-        loader.add_option(option.name, option.type, option.default, option.help)
+        extra = {"choices": list(option.choices)} if option.choices else {}
+        loader.add_option(option.name, option.type, option.default, option.help, **extra)
 
 
 def deferred_problem(options: Any, redactor: Redactor) -> str | None:

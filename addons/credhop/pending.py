@@ -31,7 +31,7 @@ class ChainPosition:
 
 
 def new_chain() -> ChainPosition:
-    return ChainPosition(secrets.token_hex(6), 0)
+    return ChainPosition(secrets.token_hex(8), 0)  # 64 random bits: unique across a fleet, no coordination
 
 
 class PendingFollowUps(Protocol):

@@ -81,6 +81,7 @@ class Record:
     url: str
     retry: bool = False  # the client's retry of this hop after a 401 (pip)
     reuse: bool = False  # a later same-origin request that got a held credential (a download)
+    instance: str | None = None  # the proxy instance that wrote it (credhop_instance), for fleet logs
 
     event: Event = Event.ERROR  # overridden by each kind; a field so `as_dict` writes it
 

@@ -155,6 +155,7 @@ def collect(paths: Sequence[str], rules: RuleSet | None = None, fingerprint_key:
     Raises InputError for a file that cannot be read or is none of the three."""
     out = Collected([], [])
     exchanges: list[Exchange] = []
+    lines = 0  # several hop logs: malformed line numbers count on from the previous log's last line
     for n, path in enumerate(paths):
         name = "stdin" if path == "-" else path
         try:
@@ -173,7 +174,8 @@ def collect(paths: Sequence[str], rules: RuleSet | None = None, fingerprint_key:
                     raise InputError(f"{name} holds no hop-log records ({len(read.malformed)} malformed line(s)); "
                                      "is it a credhop_log file, a HAR or a mitmproxy flow file?")
                 out.records += read.records
-                out.malformed += read.malformed
+                out.malformed += [lines + m for m in read.malformed]
+                lines += read.lines
         except CaptureError as e:
             raise InputError(f"{name}: {e}") from None
     if exchanges:

@@ -118,8 +118,9 @@ class RecentChains:
     and a chain that ended badly gets one warning line."""
 
     def __init__(self, on_failed: Callable[[Chain], None], max_chains: int = 1_000,
-                 max_records: int = 200) -> None:
+                 max_records: int = 200, on_judged: Callable[[Chain], None] | None = None) -> None:
         self.on_failed = on_failed
+        self.on_judged = on_judged  # every judged chain (metrics count verdicts)
         self.max_chains, self.max_records = max_chains, max_records
         self._chains: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._failed: set[str] = set()
@@ -155,6 +156,8 @@ class RecentChains:
             return
         self.diagnosed += 1
         chains = diagnose(self._chains[chain_id])
+        if chains and self.on_judged:
+            self.on_judged(chains[0])
         if chains and chains[0].verdict == "failed":
             self._failed.add(chain_id)
             self.on_failed(chains[0])

@@ -80,13 +80,21 @@ class MemoryStore:
         self.evicted = 0
         self.expired = 0
 
-    async def grant(self, grant: Grant) -> Refusal | None:
+    def refusal(self, grant: Grant) -> Refusal | None:
+        """Why `grant` would be refused, without storing it (a shared store checks its local copy first)."""
         self._expire()
-        grants = self._clients.setdefault(grant.client, OrderedDict())
-        held = grants.get(grant.origin)
+        held = self._clients.get(grant.client, {}).get(grant.origin)
         if held and held.issuer != grant.issuer and held.fingerprint != grant.fingerprint:
             return Refusal(Why.SWAP_REFUSED,
                            f"{grant.origin} already holds a live credential handed out by {held.issuer}")
+        return None
+
+    async def grant(self, grant: Grant) -> Refusal | None:
+        refusal = self.refusal(grant)
+        if refusal:
+            return refusal
+        grants = self._clients.setdefault(grant.client, OrderedDict())
+        held = grants.get(grant.origin)
         if held is None:
             self._count += 1
         grants.pop(grant.origin, None)

@@ -303,3 +303,20 @@ def test_colour_on_a_terminal_unless_no_color(tmp_path, no_color, coloured):
     piped = run_python("-m", "credhop", "report", str(log),
                        env={"NO_COLOR": ""} if no_color is None else None)
     assert "\x1b[" not in piped.stdout
+
+
+def test_report_merges_the_logs_of_several_instances_into_the_same_chains(tmp_path):
+    """A fleet: the 3xx went through one proxy instance, the follow-up through another."""
+    records = injected_ok().records
+    first = [dict(r, instance="proxy-a:8080") for r in records if r["hop"] == 0]
+    second = [dict(r, instance="proxy-b:8080") for r in records if r["hop"] > 0]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in first))
+    b.write_text("not json\n" + "".join(json.dumps(r) + "\n" for r in second))
+    code, out, err = cli("report", "--format", "json", str(a), str(b))
+    doc = json.loads(out)
+    assert code == 0, err
+    assert doc["summary"]["chains"] == 1 and doc["summary"]["ok"] == 1
+    assert doc["malformed_lines"] == [len(first) + 1]  # numbered on from the first file's lines
+    code_a, out_a, _ = cli("report", "--format", "json", str(a))
+    assert json.loads(out_a)["summary"]["ok"] == 0  # one instance's half of the chain alone is not ok

@@ -1,0 +1,65 @@
+"""The store and the metrics the options ask for: in memory or shared through Redis (a fleet of
+proxies, docs/fleet.md), and a Prometheus endpoint. Each raises OptionsError before anything changes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from mitmproxy import exceptions
+
+from .metrics import parse_listen
+from .pending import MemoryPending
+from .store import Clock, MemoryStore
+
+
+def make_stores(opts: Any, clock: Clock, observer: Callable[[str, float, str | None], None]) -> tuple[Any, Any, Any]:
+    """(store, pending, link) for the options; `link` is None for the memory store."""
+    url = opts.credhop_store.strip()
+    if url == "memory":
+        return MemoryStore(opts.credhop_max_credentials, clock=clock), MemoryPending(clock=clock), None
+    try:
+        from .redis_store import RedisLink, RedisPending, RedisStore, StoreConfigError, connect, describe
+        from .sealing import KeyFileError, Sealer
+    except ImportError as e:
+        raise exceptions.OptionsError(f"credhop_store: a Redis store needs the redis package ({e.name}): "
+                                      f"pip install 'credhop[fleet]'") from None
+    if not opts.credhop_store_key:
+        raise exceptions.OptionsError(
+            "credhop_store: a Redis store needs credhop_store_key, a file with a key shared by the fleet "
+            "(openssl rand -hex 32 > store.key; chmod 600 store.key): credhop never stores credentials unsealed")
+    try:
+        sealer = Sealer.from_file(opts.credhop_store_key)
+    except KeyFileError as e:
+        raise exceptions.OptionsError(f"credhop_store_key: {e}") from None
+    timeout = opts.credhop_store_timeout / 1000
+    try:
+        client = connect(url, timeout)
+    except (StoreConfigError, ValueError) as e:
+        raise exceptions.OptionsError(f"credhop_store: {e}" if isinstance(e, StoreConfigError) else
+                                      f"credhop_store: cannot use {describe(url)!r}: {e}") from None
+    link = RedisLink(url, sealer, timeout, observer=observer, client=client, clock=clock)
+    max_entries = opts.credhop_max_credentials
+    return (RedisStore(link, max_entries, clock=clock),
+            RedisPending(link, max_per_client=min(max_entries, 1_000), clock=clock), link)
+
+
+def make_metrics(listen: str) -> Any:
+    """The Prometheus sink serving /metrics on HOST:PORT, or None when `listen` is empty."""
+    if not listen:
+        return None
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as e:
+        raise exceptions.OptionsError(str(e)) from None
+    try:
+        from .metrics import Metrics
+
+        metrics = Metrics()
+    except ImportError as e:
+        raise exceptions.OptionsError(f"credhop_metrics needs prometheus_client ({e.name}): "
+                                      f"pip install 'credhop[fleet]'") from None
+    try:
+        metrics.serve(host, port)
+    except OSError as e:
+        raise exceptions.OptionsError(f"credhop_metrics: cannot listen on {listen}: {e.strerror or e}") from None
+    return metrics

@@ -1,0 +1,133 @@
+"""Prometheus metrics (`credhop_metrics=HOST:PORT` serves `/metrics`): one more sink for hop records,
+plus the store's calls and the chains' verdicts.
+
+Labels take bounded values only: actions, `why` codes, rule names (from the rules file), finding
+codes, leak kinds, store operations and causes. Never a client, user, URL or host. The names are the
+same with the memory store and with Redis. No mitmproxy here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from .diagnosis import Chain
+from .records import Action, Event, InjectRecord, LeakRecord, Record, RedirectRecord
+
+log = logging.getLogger("credhop")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9464` for IPv6); raises ValueError with a message for people."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"credhop_metrics must be HOST:PORT, e.g. 127.0.0.1:9464, not {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+class Metrics:
+    """The counters, gauges and histogram, in their own registry (not the process-global one)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.redirects = Counter("credhop_redirects", "3xx responses seen, by what credhop did and why",
+                                 ["action", "why"], registry=r)
+        self.actions = Counter("credhop_actions", "Redirects whose Location carried a credential, by action and rule",
+                               ["action", "rule"], registry=r)
+        self.refusals = Counter("credhop_refusals", "Credentials in a Location a rule matched but credhop "
+                                "did not act on as the rule says, by why", ["why", "rule"], registry=r)
+        self.injections = Counter("credhop_injections", "Headers added to requests", ["rule"], registry=r)
+        self.skips = Counter("credhop_skips", "Held credentials not added, by why", ["why", "rule"], registry=r)
+        self.leaks = Counter("credhop_leaks", "Secrets a client re-sent to another origin", ["kind", "action"],
+                             registry=r)
+        self.chains = Counter("credhop_chains", "Redirect chains judged when they ended, by verdict", ["verdict"],
+                              registry=r)
+        self.findings = Counter("credhop_findings", "Findings of ended chains, by code", ["code"], registry=r)
+        self.store_calls = Counter("credhop_store_operations", "Store calls a request waited for, by outcome",
+                                   ["op", "outcome"], registry=r)
+        self.store_errors = Counter("credhop_store_errors", "Store calls that failed or were answered locally "
+                                    "because the shared store was down, by cause", ["op", "cause"], registry=r)
+        self.store_latency = Histogram("credhop_store_latency_seconds", "How long a request waited on a store call",
+                                       ["op"], buckets=LATENCY_BUCKETS, registry=r)
+        self.held = Gauge("credhop_credentials_held", "Credentials held (with Redis: fleet-wide, as of this "
+                          "instance's last grant)", registry=r)
+        self.pending = Gauge("credhop_pending_follow_ups", "Follow-ups expected and held by this instance",
+                             registry=r)
+        self.store_up = Gauge("credhop_store_up", "1 while the store answers", registry=r)
+        self.store_up.set(1)
+        self._judged: OrderedDict[str, None] = OrderedDict()
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- sink ---------------------------------------------------------------------------------
+
+    def emit(self, record: Record) -> None:
+        if isinstance(record, RedirectRecord):
+            self.redirects.labels(str(record.action), str(record.why or "")).inc()
+            if record.fingerprint:
+                self.actions.labels(str(record.action), record.rule or "").inc()
+                if record.why and record.rule:
+                    self.refusals.labels(str(record.why), record.rule).inc()
+        elif isinstance(record, InjectRecord):
+            if record.action is Action.INJECT:
+                self.injections.labels(record.rule).inc()
+            else:
+                self.skips.labels(str(record.why or ""), record.rule).inc()
+        elif isinstance(record, LeakRecord):
+            self.leaks.labels(str(record.kind), str(record.action)).inc()
+        elif record.event is Event.ERROR:
+            pass
+
+    def chain_judged(self, chain: Chain) -> None:
+        """Once per chain: its verdict and the codes of its findings."""
+        if chain.id in self._judged:
+            return
+        self._judged[chain.id] = None
+        while len(self._judged) > 10_000:
+            self._judged.popitem(last=False)
+        self.chains.labels(chain.verdict).inc()
+        for finding in chain.findings:
+            self.findings.labels(finding.code).inc()
+
+    # -- store ----------------------------------------------------------------------------------
+
+    def store_call(self, op: str, seconds: float, outcome: str) -> None:
+        self.store_calls.labels(op, outcome).inc()
+        self.store_latency.labels(op).observe(seconds)
+
+    def store_error(self, op: str, cause: str) -> None:
+        self.store_errors.labels(op, cause).inc()
+
+    def refresh(self, held: int, pending: int, store_up: bool) -> None:
+        self.held.set(held)
+        self.pending.set(pending)
+        self.store_up.set(1 if store_up else 0)
+
+    # -- /metrics -------------------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> None:
+        from prometheus_client import make_wsgi_app
+
+        self._server = make_server(host, port, make_wsgi_app(self.registry), handler_class=_Quiet)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="credhop-metrics", daemon=True)
+        self._thread.start()
+        log.info("credhop: metrics on http://%s:%d/metrics", host, self._server.server_port)
+
+    @property
+    def port(self) -> int | None:
+        return self._server.server_port if self._server else None
+
+    def close(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass

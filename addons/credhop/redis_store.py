@@ -1,0 +1,583 @@
+"""Grants and pending follow-ups shared by a fleet of proxies through Redis (`credhop_store=redis://…`).
+
+`RedisStore` is a `CredentialStore`, `RedisPending` a `PendingFollowUps`; both talk through one
+`RedisLink`, which bounds every call by `credhop_store_timeout`, never retries, and counts and logs
+failures once per outage. While Redis is down or slow nothing waits on it: each instance keeps a
+local copy of the grants it made itself (so they keep working here) and holds the follow-ups it
+expects locally; when Redis answers again, sharing resumes.
+
+What Redis holds: key names are HMACs (`sealing.Sealer.name`) of the client and the origin or URL,
+values are sealed with the fleet key and their key name as associated data. The swap check needs no
+plaintext: a grant's hash stores HMACs of its issuer and fingerprint beside the sealed value, and a
+Lua script compares them and stores in one step, so two instances racing for the same client and
+origin cannot both win. The same script keeps the per-client and global bounds: a client holding
+more than `max_per_client` grants loses the one that expires first, and when the fleet holds more
+than `max_entries` the client holding the most loses its. Redis 7.0 commands only; one Redis (or a
+Sentinel-managed primary), not Redis Cluster (the script touches keys it derives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import replace
+from typing import Any, Awaitable, Callable, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .pending import ChainPosition, MemoryPending
+from .records import Action, Why
+from .sealing import Sealer, Unsealable
+from .store import Clock, Grant, MemoryStore, Refusal
+from .urls import DEFAULT_PORTS, Origin
+
+log = logging.getLogger("credhop")
+T = TypeVar("T")
+
+PREFIX = "credhop:v1:"
+PROBE_INTERVAL = 0.5  # seconds between pings while Redis is down
+FIRST_PROBE = 0.05
+PREFETCH_FRESH = 0.2  # seconds a prefetched answer may be used by the same request's next call
+QUIET_AFTER = 2.0  # an outage starting this soon after the last one ended is logged at debug level
+MAX_QUEUE = 16  # follow-ups one client may await for one URL
+MAX_WATCH = 8  # redirects of one client to one origin remembered for leak checks
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+# Observer(op, seconds, cause): cause None for an answer, else "timeout" | "connection" | "error" |
+# "unsealable", or "down" for a call answered locally at once because Redis is known to be down.
+Observer = Callable[[str, float, "str | None"], None]
+
+
+class StoreConfigError(ValueError):
+    pass
+
+
+def describe(url: str) -> str:
+    """The store URL without user, password or query: safe for logs."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    hosts = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{hosts}{parts.path if 'sentinel' in parts.scheme else ''}"
+
+
+def connect(url: str, timeout: float) -> Any:
+    """A redis asyncio client for `url` with short timeouts and no retries (redis-py's defaults wait
+    seconds on a hung server). `redis+sentinel://[user:pass@]host:port[,host:port]/service` asks
+    Sentinel for the primary of `service`."""
+    import redis.asyncio as redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise StoreConfigError(f"credhop_store must be 'memory' or a redis://, rediss://, unix:// or "
+                               f"redis+sentinel:// URL, not {describe(url)!r}")
+    common: dict[str, Any] = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
+                                  retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
+                                  max_connections=256)
+    if "sentinel" not in parts.scheme:
+        return redis.from_url(url, **common)
+    from redis.asyncio.sentinel import Sentinel
+
+    hosts = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host.strip("[]") or "localhost", int(port or 26379)))
+    service = parts.path.strip("/")
+    if not service:
+        raise StoreConfigError("credhop_store: a redis+sentinel:// URL names the service: …/mymaster")
+    query = parse_qs(parts.query)
+    auth = dict(username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None)
+    sentinel = Sentinel(hosts, sentinel_kwargs=dict(socket_timeout=timeout, socket_connect_timeout=timeout),
+                        ssl=parts.scheme.startswith("rediss"), **common)
+    return sentinel.master_for(service, db=int(query.get("db", ["0"])[0]), **auth)
+
+
+class Down(Exception):
+    """Redis did not answer this call (or is known to be down): answer locally."""
+
+
+class RedisLink:
+    """One Redis connection pool shared by the store and the pending follow-ups, with the outage
+    state: every call has a deadline; after a failure, calls go local at once while a probe pings
+    Redis in the background until it answers."""
+
+    def __init__(self, url: str, sealer: Sealer, timeout: float, observer: Observer | None = None,
+                 client: Any = None, clock: Clock = time.time) -> None:
+        self.url, self.where = url, describe(url)
+        self.sealer, self.timeout, self.clock = sealer, timeout, clock
+        self.redis = client if client is not None else connect(url, timeout)
+        self.observer = observer or (lambda op, seconds, cause: None)
+        self.down_since: float | None = None
+        self.outages = 0
+        self.errors = 0
+        self._probe: asyncio.Task[None] | None = None
+        self._last_up: float | None = None  # when the last outage ended
+        # a request's first call fetches what its next calls will ask in the same round trip:
+        # (client, origin, what) -> (when, raw value), each taken once
+        self._prefetched: dict[tuple[str, str, str], tuple[float, Any]] = {}
+        self._scripts: dict[str, Any] = {}
+        self._unsealable_logged: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    # key names: HMACs of what they are for, per key generation
+    def grant_key(self, client: str, origin: Origin, generation: int = 0) -> str:
+        return PREFIX + "g:" + self.sealer.name("grant", client, str(origin), generation=generation)
+
+    def watch_key(self, client: str, origin: Origin, generation: int = 0) -> str:
+        return PREFIX + "w:" + self.sealer.name("origin", client, str(origin), generation=generation)
+
+    def queue_key(self, client: str, url: str, generation: int = 0) -> str:
+        return PREFIX + "p:" + self.sealer.name("url", client, url, generation=generation)
+
+    def prefetched(self, client: str, origin: Origin, what: str) -> tuple[bool, Any]:
+        """(True, raw value) when this request's previous call already fetched it."""
+        entry = self._prefetched.pop((client, str(origin), what), None)
+        if entry is None or time.monotonic() - entry[0] > PREFETCH_FRESH:
+            return False, None
+        return True, entry[1]
+
+    def prefetch(self, client: str, origin: Origin, **values: Any) -> None:
+        now = time.monotonic()
+        if len(self._prefetched) > 1_000:  # left by requests that never asked: drop the stale
+            self._prefetched = {k: v for k, v in self._prefetched.items() if now - v[0] <= PREFETCH_FRESH}
+        for what, value in values.items():
+            self._prefetched[(client, str(origin), what)] = (now, value)
+
+    def script(self, name: str, source: str) -> Any:
+        if name not in self._scripts:
+            self._scripts[name] = self.redis.register_script(source)
+        return self._scripts[name]
+
+    async def call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
+        if self.down_since is not None:
+            self.observer(op, 0.0, "down")  # answered locally without asking
+            raise Down
+        start = time.monotonic()
+        try:
+            result = await asyncio.wait_for(make(), self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # redis errors, OSError, TimeoutError: the store did not answer
+            self._failed(op, e, time.monotonic() - start)
+            raise Down from None
+        self.observer(op, time.monotonic() - start, None)
+        return result
+
+    def unsealable(self, op: str) -> None:
+        """A value that does not open: another fleet's key, or tampering. Treated as absent."""
+        self.errors += 1
+        self.observer(op, 0.0, "unsealable")
+        now = time.monotonic()
+        if self._unsealable_logged is None or now - self._unsealable_logged > 60:  # once a minute at most
+            self._unsealable_logged = now
+            log.warning("credhop: a value in the shared store %s does not open with credhop_store_key (another "
+                        "key, or tampered); ignored", self.where)
+
+    def _failed(self, op: str, error: BaseException, seconds: float) -> None:
+        self.errors += 1
+        cause = _cause(error)
+        self.observer(op, seconds, cause)
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.outages += 1
+            detail = " ".join(str(error).split())[:200] or type(error).__name__
+            flapping = self._last_up is not None and self.down_since - self._last_up < QUIET_AFTER
+            log.log(logging.DEBUG if flapping else logging.WARNING,
+                    "credhop: shared store %s unavailable (%s: %s, during %s); grants made here keep working "
+                    "here, nothing waits on it until it answers", self.where, cause, detail, op)
+            try:
+                self._probe = asyncio.get_running_loop().create_task(self._wait_until_back())
+            except RuntimeError:
+                self.down_since = None  # no loop to probe from: the next call tries again
+
+    async def _wait_until_back(self) -> None:
+        await self._drop_connections()  # idle ones may point at a server that died: start afresh
+        pause = FIRST_PROBE  # a busy event loop can miss a deadline with Redis fine: look again soon
+        while True:
+            await asyncio.sleep(pause)
+            pause = PROBE_INTERVAL
+            try:
+                await asyncio.wait_for(self.redis.ping(), self.timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                continue
+            down = time.monotonic() - (self.down_since or time.monotonic())
+            flapping = self._last_up is not None and (self.down_since or 0) - self._last_up < QUIET_AFTER
+            self.down_since, self._last_up = None, time.monotonic()
+            log.log(logging.DEBUG if flapping else logging.WARNING,
+                    "credhop: shared store %s answers again after %.1f s; sharing resumes", self.where, down)
+            return
+
+    async def _drop_connections(self) -> None:
+        try:
+            await asyncio.wait_for(self.redis.connection_pool.disconnect(), self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            pass
+
+    async def close(self) -> None:
+        if self._probe:
+            self._probe.cancel()
+        try:
+            await self.redis.aclose()
+        except AttributeError:  # redis < 5.0.1
+            await self.redis.close()
+        except Exception:
+            pass
+
+
+def _cause(error: BaseException) -> str:
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError)) or type(error).__name__ == "TimeoutError":
+        return "timeout"
+    if isinstance(error, OSError) or type(error).__name__ in ("ConnectionError", "BusyLoadingError"):
+        return "connection"
+    return "error"
+
+
+def origin_of_url(url: str) -> Origin | None:
+    """The origin of a normalised http(s) URL, as the addon builds it from a request; None otherwise."""
+    import ada_url
+
+    try:
+        parsed = ada_url.URL(url)
+    except ValueError:
+        return None
+    scheme = parsed.protocol.rstrip(":")
+    if scheme not in ("http", "https"):
+        return None
+    return Origin(scheme, parsed.hostname.strip("[]"), int(parsed.port) if parsed.port else DEFAULT_PORTS[scheme])
+
+
+# -- what a value holds ------------------------------------------------------------------------
+
+def _list(origin: Origin) -> list[Any]:
+    return [origin.scheme, origin.host, origin.port]
+
+
+def _origin(value: list[Any]) -> Origin:
+    return Origin(str(value[0]), str(value[1]), int(value[2]))
+
+
+def _grant_bytes(grant: Grant) -> bytes:
+    return json.dumps([grant.client, _list(grant.origin), _list(grant.issuer), grant.header, grant.value, grant.rule,
+                       grant.user, grant.fingerprint, grant.expires, grant.override, grant.chain, grant.hop],
+                      separators=(",", ":")).encode()
+
+
+def _grant_from(data: bytes) -> Grant:
+    c, o, i, header, value, rule, user, fp, expires, override, chain, hop = json.loads(data)
+    return Grant(client=c, origin=_origin(o), issuer=_origin(i), header=header, value=value, rule=rule, user=user,
+                 fingerprint=fp, expires=float(expires), override=bool(override), chain=chain, hop=int(hop))
+
+
+def _position_bytes(client: str, position: ChainPosition, expires: float) -> bytes:
+    p = position
+    return json.dumps([client, p.chain, p.hop, _list(p.came_from) if p.came_from else None, sorted(p.sent),
+                       p.location_fp, str(p.on_leak), p.retry, expires], separators=(",", ":")).encode()
+
+
+def _position_from(data: bytes) -> tuple[str, ChainPosition, float]:
+    client, chain, hop, came_from, sent, location_fp, on_leak, retry, expires = json.loads(data)
+    return client, ChainPosition(chain, int(hop), _origin(came_from) if came_from else None, frozenset(sent),
+                                 location_fp, Action(on_leak), bool(retry)), float(expires)
+
+
+# -- grants --------------------------------------------------------------------------------------
+
+# KEYS: grant hash, the client's index (zset: grant key -> expiry ms), clients (zset: client -> count),
+# total (count of grants). ARGV: issuer mac, fingerprint mac, sealed value, expiry ms, ttl ms, now ms,
+# max per client, max entries, client member, index key prefix.
+# Returns {0, sealed value held} for a refused swap, else {1, evicted, total}.
+GRANT = """
+local held = redis.call('HMGET', KEYS[1], 'i', 'f', 'v')
+if held[1] and held[1] ~= ARGV[1] and held[2] ~= ARGV[2] then
+  return {0, held[3]}
+end
+local now, per_client, max_entries = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+redis.call('HSET', KEYS[1], 'i', ARGV[1], 'f', ARGV[2], 'v', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local total = tonumber(redis.call('GET', KEYS[4]) or '0')
+local function prune(index, member)
+  total = total - redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  local n = redis.call('ZCARD', index)
+  if n == 0 then redis.call('ZREM', KEYS[3], member) else redis.call('ZADD', KEYS[3], n, member) end
+  return n
+end
+total = total + redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+local n = prune(KEYS[2], ARGV[9])
+local evicted = 0
+while n > per_client do
+  local victim = redis.call('ZPOPMIN', KEYS[2])
+  redis.call('DEL', victim[1])
+  total, n, evicted = total - 1, n - 1, evicted + 1
+end
+redis.call('ZADD', KEYS[3], n, ARGV[9])
+local rounds = 0
+while total > max_entries and rounds < 64 do
+  rounds = rounds + 1
+  local fullest = redis.call('ZREVRANGE', KEYS[3], 0, 0)
+  if #fullest == 0 then total = 0 break end
+  local index = ARGV[10] .. fullest[1]
+  local m = prune(index, fullest[1])
+  if m > 0 and total > max_entries then
+    local victim = redis.call('ZPOPMIN', index)
+    redis.call('DEL', victim[1])
+    total, evicted = total - 1, evicted + 1
+    prune(index, fullest[1])
+  end
+end
+if total < 0 then total = 0 end
+redis.call('SET', KEYS[4], total)
+return {1, evicted, total}
+"""
+
+
+class RedisStore:
+    """A `CredentialStore` in Redis, with a local copy of the grants this instance made."""
+
+    def __init__(self, link: RedisLink, max_entries: int = 10_000, max_per_client: int | None = None,
+                 clock: Clock = time.time) -> None:
+        self.link, self.clock = link, clock
+        self.local = MemoryStore(max_entries, max_per_client, clock=clock)
+        self.max_entries, self.max_per_client = max_entries, self.local.max_per_client
+        self.shared = 0  # grants the fleet held at this instance's last grant
+        self.evicted = 0
+
+    def _keys(self, client: str, origin: Origin, generation: int = 0) -> tuple[str, str, str]:
+        who = self.link.sealer.name("client", client, generation=generation)
+        return self.link.grant_key(client, origin, generation), PREFIX + "c:" + who, who
+
+    async def grant(self, grant: Grant) -> Refusal | None:
+        refusal = self.local.refusal(grant)  # what this instance granted itself stands, Redis or not
+        if refusal:
+            return refusal
+        if self.link.sealer.generations > 1:  # mid-rotation: a grant under the old key's name stands too
+            held = await self._held_under_old_names(grant.client, grant.origin)
+            if held and _conflict(held, grant):
+                return Refusal(Why.SWAP_REFUSED,
+                               f"{grant.origin} already holds a live credential handed out by {held.issuer}")
+        key, index, who = self._keys(grant.client, grant.origin)
+        sealer, now = self.link.sealer, self.clock()
+        ttl_ms = max(1, int((grant.expires - now) * 1000))
+        script = self.link.script("grant", GRANT)
+        keys = [key, index, PREFIX + "clients", PREFIX + "total"]
+        args = [sealer.name("issuer", str(grant.issuer)), sealer.name("fp", grant.fingerprint),
+                sealer.seal(_grant_bytes(grant), key), int(grant.expires * 1000), ttl_ms, int(now * 1000),
+                self.max_per_client, self.max_entries, who, PREFIX + "c:"]
+        try:
+            answer = await self.link.call("grant", lambda: script(keys=keys, args=args))
+        except Down:
+            answer = None
+        if answer is not None and int(answer[0]) == 0:
+            held = self._open(answer[1], key, "grant")
+            issuer = held.issuer if held else "another redirect"
+            return Refusal(Why.SWAP_REFUSED, f"{grant.origin} already holds a live credential handed out by {issuer}")
+        if answer is not None:
+            self.evicted += int(answer[1])
+            self.shared = int(answer[2])
+        return await self.local.grant(grant)
+
+    async def get(self, client: str, origin: Origin) -> Grant | None:
+        local = await self.local.get(client, origin)
+        keys = [self._keys(client, origin, g)[0] for g in range(self.link.sealer.generations)]
+        fetched, value = self.link.prefetched(client, origin, "grant") if len(keys) == 1 else (False, None)
+        try:
+            if fetched:
+                values = [value]
+            elif len(keys) == 1:
+                values = [await self.link.call("get", lambda: self.link.redis.hget(keys[0], "v"))]
+            else:
+                async def several() -> list[Any]:
+                    pipe = self.link.redis.pipeline(transaction=False)
+                    for k in keys:
+                        pipe.hget(k, "v")
+                    return await pipe.execute()
+                values = await self.link.call("get", several)
+        except Down:
+            return local
+        now = self.clock()
+        found = []
+        for key, value in zip(keys, values):
+            grant = self._open(value, key, "get") if value else None
+            if grant and grant.client == client and grant.origin == origin and grant.expires > now:
+                found.append(grant)
+        if not found:
+            return local
+        if any(_conflict(found[0], other) for other in found[1:]):
+            return local  # mid-rotation, two keys' names hold different credentials: neither is sure
+        if local and _conflict(local, found[0]):
+            return local  # granted here first, while Redis had lost it: no swap through a restart
+        return found[0]
+
+    async def _held_under_old_names(self, client: str, origin: Origin) -> Grant | None:
+        keys = [self._keys(client, origin, g)[0] for g in range(1, self.link.sealer.generations)]
+
+        async def several() -> list[Any]:
+            pipe = self.link.redis.pipeline(transaction=False)
+            for k in keys:
+                pipe.hget(k, "v")
+            return await pipe.execute()
+        try:
+            values = await self.link.call("grant", several)
+        except Down:
+            return None
+        for key, value in zip(keys, values):
+            held = self._open(value, key, "grant") if value else None
+            if held and held.client == client and held.origin == origin and held.expires > self.clock():
+                return held
+        return None
+
+    def _open(self, value: bytes, key: str, op: str) -> Grant | None:
+        try:
+            return _grant_from(self.link.sealer.open(value, key))
+        except (Unsealable, ValueError, TypeError):
+            self.link.unsealable(op)
+            return None
+
+    def may_hold(self, client: str) -> bool:
+        return True  # another instance may have granted it: only Redis knows
+
+    def __len__(self) -> int:
+        return len(self.local) if self.link.down else max(self.shared, len(self.local))
+
+
+def _conflict(held: Grant, other: Grant) -> bool:
+    """Two grants for one client and origin that the swap rule would not let replace each other."""
+    return held.issuer != other.issuer and held.fingerprint != other.fingerprint
+
+
+# -- pending follow-ups ---------------------------------------------------------------------------
+
+# KEYS: the URL's queue, the origin's watch list, the client's index of queues (zset: key -> expiry ms).
+# ARGV: sealed position, sealed watch, expiry ms, ttl ms, now ms, max queues per client, max queue, max watch.
+EXPECT = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[7]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], KEYS[1])
+redis.call('ZADD', KEYS[3], ARGV[3], KEYS[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
+local dropped = 0
+while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[6]) do
+  local victim = redis.call('ZPOPMIN', KEYS[3])
+  redis.call('DEL', victim[1])
+  dropped = dropped + 1
+end
+return dropped
+"""
+
+
+class RedisPending:
+    """`PendingFollowUps` in Redis: a follow-up may arrive at any instance. While Redis is down,
+    follow-ups expected here are held here."""
+
+    def __init__(self, link: RedisLink, max_per_client: int = 1_000, ttl: float = 120.0,
+                 clock: Clock = time.time) -> None:
+        self.link, self.ttl, self.clock = link, ttl, clock
+        self.max_per_client = max_per_client
+        self.local = MemoryPending(ttl=ttl, clock=clock)
+        self.expected = 0  # follow-ups this instance put in Redis, for the gauge
+        self.dropped = 0
+
+    def awaits(self, client: str) -> bool:
+        return True  # a 3xx on another instance may have sent the client here
+
+    async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
+        sealer, now = self.link.sealer, self.clock()
+        expires = now + self.ttl
+        queue = self.link.queue_key(client, url)
+        watch = self.link.watch_key(client, origin)
+        index = PREFIX + "pc:" + self.link.sealer.name("client", client)
+        script = self.link.script("expect", EXPECT)
+        body = _position_bytes(client, position, expires)
+        keys = [queue, watch, index]
+        args = [sealer.seal(body, queue), sealer.seal(body, watch), int(expires * 1000), int(self.ttl * 1000),
+                int(now * 1000), 2 * self.max_per_client, MAX_QUEUE, MAX_WATCH]
+        try:
+            dropped = await self.link.call("expect", lambda: script(keys=keys, args=args))
+        except Down:
+            await self.local.expect(client, url, origin, position)
+            return
+        self.expected += 1
+        self.dropped += int(dropped)
+
+    async def follow(self, client: str, url: str) -> ChainPosition | None:
+        now = self.clock()
+        origin = origin_of_url(url)
+        for generation in range(self.link.sealer.generations):
+            queue = self.link.queue_key(client, url, generation)
+            first = generation == 0 and origin is not None and self.link.sealer.generations == 1
+            while True:
+                try:
+                    if first:  # one round trip for the request: what watching() and get() ask next
+                        value = await self.link.call("follow", lambda: self._lookup(client, queue, origin))
+                        first = False
+                    else:
+                        value = await self.link.call("follow", lambda: self.link.redis.lpop(queue))
+                except Down:
+                    return await self.local.follow(client, url)
+                if value is None:
+                    break
+                entry = self._open(value, queue, "follow")
+                if entry and entry[0] == client and entry[2] > now:
+                    return entry[1]
+        return await self.local.follow(client, url)
+
+    async def _lookup(self, client: str, queue: str, origin: Origin) -> Any:
+        pipe = self.link.redis.pipeline(transaction=False)
+        pipe.lpop(queue)
+        pipe.lrange(self.link.watch_key(client, origin), 0, -1)
+        pipe.hget(self.link.grant_key(client, origin), "v")
+        popped, watched, granted = await pipe.execute()
+        self.link.prefetch(client, origin, watch=watched, grant=granted)
+        return popped
+
+    async def watching(self, client: str, origin: Origin) -> ChainPosition | None:
+        now = self.clock()
+        merged: ChainPosition | None = None
+        for generation in range(self.link.sealer.generations):
+            watch = self.link.watch_key(client, origin, generation)
+            fetched, prefetched = self.link.prefetched(client, origin, "watch") if generation == 0 else (False, None)
+            try:
+                values = prefetched if fetched else \
+                    await self.link.call("watching", lambda: self.link.redis.lrange(watch, 0, -1))
+            except Down:
+                return await self.local.watching(client, origin)
+            for value in values:
+                entry = self._open(value, watch, "watching")
+                if entry and entry[0] == client and entry[2] > now:
+                    merged = _merge_watch(merged, entry[1])
+        local = await self.local.watching(client, origin)
+        return _merge_watch(merged, local) if local else merged
+
+    def _open(self, value: bytes, key: str, op: str) -> tuple[str, ChainPosition, float] | None:
+        try:
+            return _position_from(self.link.sealer.open(value, key))
+        except (Unsealable, ValueError, TypeError):
+            self.link.unsealable(op)
+            return None
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+
+def _merge_watch(old: ChainPosition | None, new: ChainPosition) -> ChainPosition:
+    """Several redirects of one client to one origin: the latest, watching for every secret, strip if any says so."""
+    if old is None:
+        return new
+    on_leak = Action.STRIP if Action.STRIP in (old.on_leak, new.on_leak) else new.on_leak
+    return replace(new, sent=new.sent | old.sent, on_leak=on_leak)
