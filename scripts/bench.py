@@ -108,7 +108,8 @@ def configs(args: argparse.Namespace, workdir: Path) -> list[Config]:
 def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dict, dict]:
     pki = make_pki(workdir / "pki")
     confdir = workdir / "mitmproxy-conf"
-    token = secrets.token_urlsafe(16)  # the backend's userinfo secret; never written anywhere
+    # the backend's userinfo secret, never written anywhere (the smoke test chooses it, to look for it)
+    token = os.environ.get("CREDHOP_BENCH_TOKEN") or secrets.token_urlsafe(16)
     backend = subprocess.Popen([sys.executable, "-m", "scripts.bench.backend", str(workdir / "pki")], cwd=REPO,
                                stdout=subprocess.PIPE, env={**clean_env(workdir / "home"), "BENCH_TOKEN": token})
     cfgs = configs(args, workdir)

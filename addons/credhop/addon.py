@@ -413,9 +413,13 @@ class CredHop:
 
     async def _ask(self, call: Awaitable[T], fallback: T) -> T:
         """A store call with its own deadline: a slow or broken store never stalls the flow, and
-        its answer is then `fallback` (which never injects)."""
+        its answer is then `fallback` (which never injects). Stores that declare themselves
+        `in_process` (their calls never wait on I/O) are awaited without one, when both are."""
         try:
-            result = await asyncio.wait_for(call, STORE_DEADLINE)
+            if getattr(self.store, "in_process", False) and getattr(self.pending, "in_process", False):
+                result = await call
+            else:
+                result = await asyncio.wait_for(call, STORE_DEADLINE)
         except (asyncio.TimeoutError, StoreUnavailable, OSError) as e:
             self.counters.add("store_errors")
             if not self._store_failing:  # once per outage

@@ -67,6 +67,9 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(lambda m: ascii(m[0])[1:-1], text)
 
 
+SCRUBBED_BY = "credhop_scrubbed_by"  # LogRecord attribute: the Redactor that scrubbed its message
+
+
 class SecretFilter(logging.Filter):
     """Scrubs every log record that passes a handler, mitmproxy's own lines included.
 
@@ -79,6 +82,10 @@ class SecretFilter(logging.Filter):
         self.redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # the filter sits on every handler: a record this redactor already scrubbed (at an earlier
+        # handler, or credhop's own event-log lines) is not scrubbed again
+        if getattr(record, SCRUBBED_BY, None) is self.redactor:
+            return True
         try:
             message = record.getMessage()
         except Exception:
@@ -86,4 +93,5 @@ class SecretFilter(logging.Filter):
         clean = self.redactor(message)
         if clean != message:
             record.msg, record.args = clean, None
+        setattr(record, SCRUBBED_BY, self.redactor)
         return True

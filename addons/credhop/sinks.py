@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol, TextIO
 
 from .diagnosis import Chain, diagnose
 from .records import SCHEMA, Action, Event, LeakRecord, Record, RedirectRecord, ResponseRecord
-from .scrub import Redactor, printable
+from .scrub import SCRUBBED_BY, Redactor, printable
 
 log = logging.getLogger("credhop")
 
@@ -106,7 +106,8 @@ class EventLog:
     def emit(self, record: Record) -> None:
         level = level_of(record)
         if self._log.isEnabledFor(level):
-            self._log.log(level, "%s", self._redactor(event_line(record.as_dict())))
+            self._log.log(level, "%s", self._redactor(event_line(record.as_dict())),
+                          extra={SCRUBBED_BY: self._redactor})
 
     def close(self) -> None:
         pass

@@ -81,7 +81,12 @@ class Backend:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        await stop.wait()
+        parent = os.getppid()
+        while not stop.is_set() and os.getppid() == parent:  # never outlive the benchmark
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
 
 
 if __name__ == "__main__":
