@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "performance.md")
     p.add_argument("--chart", type=Path, default=None, help="PNG path (default: next to --out)")
-    p.add_argument("--requests", type=int, default=600, help="requests per configuration, workload and round")
+    p.add_argument("--requests", type=int, default=400, help="requests per configuration, workload and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--rule-sets", type=int, nargs="*", default=[1000, 10000])

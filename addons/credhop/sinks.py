@@ -96,8 +96,33 @@ def event_line(record: dict[str, Any]) -> str:
     return printable(f"credhop {chain} {record.get('client', '?')} {event}: {what}{how}{action}{reason}{cred}")
 
 
+# mitmproxy's deprecated `add_log` event: a handler at every level, which only feeds old addons' add_log
+# hooks, one event-loop wake-up per line. It alone does not make a debug line worth formatting.
+_LEGACY_HANDLERS = frozenset({"LegacyLogEvents"})
+
+
+def _wanted(logger: logging.Logger, level: int) -> bool:
+    """Whether a line at `level` reaches any handler. mitmproxy sets the root logger to DEBUG and lets
+    each handler choose (the terminal shows INFO and up), so `isEnabledFor` alone says yes to every
+    debug line."""
+    if not logger.isEnabledFor(level):
+        return False
+    current: logging.Logger | None = logger
+    found = False
+    while current is not None:
+        for handler in current.handlers:
+            found = True
+            if level >= handler.level and type(handler).__name__ not in _LEGACY_HANDLERS:
+                return True
+        if not current.propagate:
+            break
+        current = current.parent
+    # no handler at all: stdlib logging's last resort (stderr, WARNING and up)
+    return not found and logging.lastResort is not None and level >= logging.lastResort.level
+
+
 class EventLog:
-    """mitmproxy's event log, through stdlib logging."""
+    """mitmproxy's event log, through stdlib logging; a line is formatted only when a handler wants it."""
 
     def __init__(self, redactor: Redactor, logger: logging.Logger = log) -> None:
         self._redactor = redactor
@@ -105,7 +130,7 @@ class EventLog:
 
     def emit(self, record: Record) -> None:
         level = level_of(record)
-        if self._log.isEnabledFor(level):
+        if _wanted(self._log, level):
             self._log.log(level, "%s", self._redactor(event_line(record.as_dict())),
                           extra={SCRUBBED_BY: self._redactor})
 

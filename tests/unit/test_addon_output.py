@@ -166,3 +166,28 @@ def test_a_chain_is_diagnosed_once_not_on_every_download(hop):
     failed.response = tflow.tresp(status_code=403)
     hop.response(failed)  # a failing download can still fail the chain
     assert hop.addon.recent.diagnosed == 2 and hop.addon.counters["chains_failed"] == 1
+
+
+def test_debug_lines_are_formatted_only_when_a_handler_shows_them():
+    """mitmproxy sets the root logger to DEBUG and lets handlers choose; a line no handler shows (its
+    deprecated add_log feed aside) is not built."""
+    import logging
+
+    from credhop.sinks import _wanted
+
+    class LegacyLogEvents(logging.Handler):  # stands in for mitmproxy's, matched by class name
+        def emit(self, record):
+            pass
+
+    logger = logging.getLogger("credhop.test-wanted")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    terminal = logging.Handler(logging.INFO)
+    logger.addHandler(terminal)
+    logger.addHandler(LegacyLogEvents())
+    try:
+        assert _wanted(logger, logging.INFO) and not _wanted(logger, logging.DEBUG)
+        terminal.setLevel(logging.DEBUG)  # termlog_verbosity=debug
+        assert _wanted(logger, logging.DEBUG)
+    finally:
+        logger.handlers.clear()
