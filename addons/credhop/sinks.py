@@ -14,7 +14,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Protocol, TextIO
 
-from .diagnosis import Chain, diagnose
+from .diagnosis import Chain, cannot_fail, diagnose
 from .records import SCHEMA, Action, Event, LeakRecord, Record, RedirectRecord, ResponseRecord
 from .scrub import SCRUBBED_BY, Redactor, printable
 
@@ -149,6 +149,7 @@ class RecentChains:
         self._chains: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._failed: set[str] = set()
         self.diagnosed = 0  # how often a chain was diagnosed: the cost this class keeps low
+        self.cleared = 0  # chains that ended well by a look at their records, without a diagnosis
 
     def emit(self, record: Record) -> None:
         data = record.as_dict()
@@ -178,8 +179,12 @@ class RecentChains:
     def _judge(self, chain_id: str) -> None:
         if chain_id in self._failed:
             return
+        records = self._chains[chain_id]
+        if cannot_fail(records):  # most chains: redirect, injected follow-up, 200
+            self.cleared += 1
+            return
         self.diagnosed += 1
-        chains = diagnose(self._chains[chain_id])
+        chains = diagnose(records)
         if chains and chains[0].verdict == "failed":
             self._failed.add(chain_id)
             self.on_failed(chains[0])
