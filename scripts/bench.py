@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import secrets
 import shlex
 import signal
@@ -121,28 +120,29 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
         ca = str(confdir / "mitmproxy-ca-cert.pem")
         cells: dict[tuple[str, str, str], Cell] = {}
         shapes = [(w, s) for w in args.workloads for s in args.schemes]
-        for c in cfgs:  # warm-up: certificates generated, code paths imported
-            for w, s in shapes:
-                load.Run(c.port, s, ports, SOURCES[w], ca, w, 30, 2, f"warm-{c.name}").go()
-        rng = random.Random(14)
+        ports_list = [c.port for c in cfgs]
+        for w, s in shapes:  # warm-up: certificates generated, code paths imported
+            load.Run(ports_list, s, ports, SOURCES[w], ca, w, 30, 2, "warm").go()
         for r in range(args.rounds):
             for w, s in shapes:
-                order = cfgs[:]
-                rng.shuffle(order)
-                for c in order:
-                    run = load.Run(c.port, s, ports, SOURCES[w], ca, w, args.requests, args.threads, f"{r}-{c.name}")
-                    cpu0, bcpu0 = cpu_seconds(c.proc.pid), cpu_seconds(backend.pid)  # type: ignore[union-attr]
-                    outcome = run.go()
-                    cpu1, bcpu1 = cpu_seconds(c.proc.pid), cpu_seconds(backend.pid)  # type: ignore[union-attr]
+                run = load.Run(ports_list, s, ports, SOURCES[w], ca, w, args.requests, args.threads, f"{r}")
+                cpu0 = [cpu_seconds(c.proc.pid) for c in cfgs]  # type: ignore[union-attr]
+                bcpu0 = cpu_seconds(backend.pid)
+                outcomes = run.go()
+                cpu1 = [cpu_seconds(c.proc.pid) for c in cfgs]  # type: ignore[union-attr]
+                bcpu1 = cpu_seconds(backend.pid)
+                total = sum(o.requests for o in outcomes) or 1
+                for c, outcome, a, b in zip(cfgs, outcomes, cpu0, cpu1):
                     cell = cells.setdefault((c.name, w, s), Cell())
-                    cell.cpu += cpu1 - cpu0
-                    cell.backend_cpu += bcpu1 - bcpu0
+                    cell.cpu += b - a
+                    # the backend served every configuration at once: its CPU shared out by requests
+                    cell.backend_cpu += (bcpu1 - bcpu0) * outcome.requests / total
                     cell.requests += outcome.requests
                     cell.authed += outcome.authed
                     cell.errors += outcome.errors
-                    cell.wall += outcome.wall
+                    cell.wall += sum(outcome.latencies)
                     cell.latencies += outcome.latencies
-                    cell.per_round.append((cpu1 - cpu0) / max(1, outcome.requests))
+                    cell.per_round.append((b - a) / max(1, outcome.requests))
             log(f"round {r + 1}/{args.rounds} done")
         for c in cfgs:
             if c.proc and c.proc.poll() is not None:
@@ -223,11 +223,14 @@ def write_report(args: argparse.Namespace, rows: list[dict], micro_out: dict, st
         "",
         "## Overhead against bare mitmdump (same run, interleaved)",
         "",
-        f"Real mitmdump processes on loopback, one per configuration, all running; {args.rounds} rounds, each "
-        f"running every workload against every configuration in a shuffled order, {args.requests} requests "
-        f"per cell and round from {args.threads} keep-alive client connections per origin. The figure is the "
-        "mitmdump process's CPU time (utime+stime from /proc/PID/stat) per request, as a ratio to bare mitmdump "
-        "measured in the same run; the range is the lowest and highest ratio of a single round (the noise). "
+        f"Real mitmdump processes on loopback, one per configuration, all running. Every workload runs against "
+        f"all configurations at once, interleaved unit by unit: each client thread sends one unit (a request, a "
+        f"redirect and its follow-up, or a hop and its downloads) to every configuration in turn, rotating who "
+        f"goes first, so load from other processes falls on all configurations alike. {args.requests} requests "
+        f"per configuration, workload and round, {args.threads} client threads with a keep-alive connection to "
+        f"each origin through each proxy, {args.rounds} rounds. The figure is the mitmdump process's CPU time "
+        "(utime+stime from /proc/PID/stat) per request, as a ratio to bare mitmdump in the same run; in "
+        "brackets the lowest and highest ratio of a single round (the noise). "
         "Each workload has its own client address. HTTPS goes through mitmproxy's CA (CONNECT, TLS both "
         "ways). Rule sets of 1,000 and more are a mix of exact hosts, `*.suffix` globs, client CIDRs, path "
         "prefixes and a few irregular globs; the matching rule is the last one.",
@@ -246,9 +249,9 @@ def write_report(args: argparse.Namespace, rows: list[dict], micro_out: dict, st
                 f"**x{fmt(by[c]['cpu_ratio'], 3)}** ({fmt(by[c]['round_min'])}-{fmt(by[c]['round_max'])})"
                 for c in configs_) + " |")
     lines += ["", "### Throughput and latency, ratio to bare mitmdump", "",
-              "Requests per second (higher is better) and p50/p99 latency of single requests (lower is better), each "
-              "as credhop's figure divided by bare mitmdump's. These depend on what else the machine does; the CPU "
-              "figure above is the stable one.", "",
+              "Requests per second of one client connection (closed loop: 1 / mean latency; higher is better) and "
+              "p50/p99 latency of single requests (lower is better), each as credhop's figure divided by bare "
+              "mitmdump's. These depend on what else the machine does; the CPU figure above is the stable one.", "",
               "| workload | scheme | configuration | req/s (bare) | req/s ratio | p50 ms (bare) | p50 ratio | p99 ms (bare) | p99 ratio |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for w in args.workloads:
@@ -259,7 +262,8 @@ def write_report(args: argparse.Namespace, rows: list[dict], micro_out: dict, st
                 lines.append(f"| {w} | {s} | {names[c]} | {b['rps']:.0f} | {fmt(r['rps_ratio'], 3)} | {fmt(b['p50_ms'])} | "
                              f"{fmt(r['p50_ratio'], 3)} | {fmt(b['p99_ms'])} | {fmt(r['p99_ratio'], 3)} |")
     lines += ["", "### Sanity: the backend and the injections", "",
-              "The backend (asyncio, one process) is not the bottleneck: its CPU per request next to mitmdump's. "
+              "The backend (asyncio, one process, serving all configurations; its CPU shared out by requests) is not "
+              "the bottleneck: its CPU per request next to mitmdump's. "
               "`authed` counts follow-ups and downloads that reached the index with `Authorization` (credhop "
               "injected it; bare mitmdump never does).", "",
               "| workload | scheme | configuration | requests | backend ms CPU/request | mitmdump ms CPU/request | authed | errors |",

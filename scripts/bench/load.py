@@ -82,40 +82,49 @@ class Outcome:
     wall: float = 0.0
 
 
-def _worker(conns: tuple[Conn, Conn], workload: str, units: int, tag: str, out: Outcome, lock: threading.Lock,
-            start: threading.Barrier) -> None:
+def _unit(conns: tuple[Conn, Conn], workload: str, uid: str, out: Outcome) -> None:
     redirector, index = conns
-    lat: list[float] = []
-    requests = authed = errors = 0
-    start.wait()
     clock = time.perf_counter
+    lat = out.latencies
+    if workload == "plain":
+        t = clock(); redirector.get("/plain"); lat.append(clock() - t); out.requests += 1
+        return
+    t = clock()
+    status, headers = redirector.get(f"/{'n' if workload == 'noauth' else 'r'}/{uid}")
+    lat.append(clock() - t)
+    path = urlsplit(headers[b"location"].decode()).path  # the userinfo is dropped: host and path followed
+    t = clock(); status, headers = index.get(path); lat.append(clock() - t)
+    out.requests += 2
+    out.authed += headers.get(b"x-authed") == b"1"
+    if workload == "download":
+        for k in range(DOWNLOADS):
+            t = clock(); status, headers = index.get(f"/dl/{uid}-{k}"); lat.append(clock() - t)
+            out.requests += 1
+            out.authed += headers.get(b"x-authed") == b"1"
+
+
+def _worker(conns: list[tuple[Conn, Conn]], workload: str, units: int, tag: str, outs: list[Outcome],
+            lock: threading.Lock, start: threading.Barrier) -> None:
+    """Unit by unit, each configuration in turn (rotating who goes first), so whatever else the machine
+    does at any moment falls on all configurations alike."""
+    mine = [Outcome() for _ in conns]
+    start.wait()
+    k = len(conns)
     for i in range(units):
-        uid = f"{tag}-{i}"
-        try:
-            if workload == "plain":
-                t = clock(); redirector.get("/plain"); lat.append(clock() - t); requests += 1
+        for j in range(k):
+            c = (i + j) % k
+            if mine[c].errors:
                 continue
-            t = clock()
-            status, headers = redirector.get(f"/{'n' if workload == 'noauth' else 'r'}/{uid}")
-            lat.append(clock() - t)
-            location = urlsplit(headers[b"location"].decode())
-            path = location.path  # the userinfo is dropped: only host and path are followed
-            t = clock(); status, headers = index.get(path); lat.append(clock() - t)
-            requests += 2
-            authed += headers.get(b"x-authed") == b"1"
-            if workload == "download":
-                for k in range(DOWNLOADS):
-                    t = clock(); status, headers = index.get(f"/dl/{uid}-{k}"); lat.append(clock() - t)
-                    requests += 1
-                    authed += headers.get(b"x-authed") == b"1"
-        except (OSError, ValueError, KeyError, IndexError):
-            errors += 1
-            break
+            try:
+                _unit(conns[c], workload, f"{tag}-{i}", mine[c])
+            except (OSError, ValueError, KeyError, IndexError):
+                mine[c].errors += 1
     with lock:
-        out.requests += requests
-        out.authed += authed
-        out.errors += errors
-        out.latencies.extend(lat)
+        for out, m in zip(outs, mine):
+            out.requests += m.requests
+            out.authed += m.authed
+            out.errors += m.errors
+            out.latencies.extend(m.latencies)
 
 
 def requests_per_unit(workload: str) -> int:
@@ -123,34 +132,41 @@ def requests_per_unit(workload: str) -> int:
 
 
 class Run:
-    """Connections opened and warmed before the measured part starts (`go`), so the figures hold
-    requests only."""
+    """One workload against several proxies at once, interleaved unit by unit. Connections are opened
+    and warmed before the measured part starts (`go`), so the figures hold requests only."""
 
-    def __init__(self, proxy_port: int, scheme: str, ports: dict, source: str, ca: str, workload: str,
+    def __init__(self, proxy_ports: list[int], scheme: str, ports: dict, source: str, ca: str, workload: str,
                  requests: int, threads: int, tag: str) -> None:
-        self.out, self.lock = Outcome(), threading.Lock()
+        self.outs = [Outcome() for _ in proxy_ports]
+        self.lock = threading.Lock()
         self.barrier = threading.Barrier(threads + 1)
         units = max(1, requests // requests_per_unit(workload) // threads)
-        self.conns = []
+        self.conns: list[list[tuple[Conn, Conn]]] = []
         for _ in range(threads):
-            pair = (Conn(proxy_port, scheme, "127.0.0.1", ports["redirector"][scheme], source, ca),
-                    Conn(proxy_port, scheme, "127.0.0.2", ports["index"][scheme], source, ca))
-            for c in pair:
-                c.get("/plain")  # mitmproxy opens (and for https handshakes) its upstream connection now
-            self.conns.append(pair)
-        self.threads = [threading.Thread(target=_worker, args=(pair, workload, units, f"{tag}-{n}", self.out,
+            per_proxy = []
+            for proxy_port in proxy_ports:
+                pair = (Conn(proxy_port, scheme, "127.0.0.1", ports["redirector"][scheme], source, ca),
+                        Conn(proxy_port, scheme, "127.0.0.2", ports["index"][scheme], source, ca))
+                for c in pair:
+                    c.get("/plain")  # mitmproxy opens (for https: handshakes) its upstream connection now
+                per_proxy.append(pair)
+            self.conns.append(per_proxy)
+        self.threads = [threading.Thread(target=_worker, args=(per_proxy, workload, units, f"{tag}-{n}", self.outs,
                                                                self.lock, self.barrier), daemon=True)
-                        for n, pair in enumerate(self.conns)]
+                        for n, per_proxy in enumerate(self.conns)]
         for t in self.threads:
             t.start()
 
-    def go(self) -> Outcome:
+    def go(self) -> list[Outcome]:
         started = time.perf_counter()
         self.barrier.wait()
         for t in self.threads:
             t.join()
-        self.out.wall = time.perf_counter() - started
-        for pair in self.conns:
-            for c in pair:
-                c.close()
-        return self.out
+        wall = time.perf_counter() - started
+        for out in self.outs:
+            out.wall = wall
+        for per_proxy in self.conns:
+            for pair in per_proxy:
+                for c in pair:
+                    c.close()
+        return self.outs
