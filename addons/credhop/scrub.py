@@ -21,6 +21,7 @@ DEFAULT_SECRET_HEADERS = ("x-api-key", "private-token", "x-auth-token")
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 # a scheme word followed by its credential, anywhere
 _AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|digest|negotiate|ntlm)\s+[^\s'\",;)]{8,}")
+_AUTH_WORDS = ("basic", "bearer", "digest", "negotiate", "ntlm")
 
 
 def secret_header_names(extra: Iterable[str] = DEFAULT_SECRET_HEADERS) -> frozenset[str]:
@@ -36,6 +37,7 @@ class Redactor:
     """Scrubs text for one set of secret header names."""
 
     def __init__(self, header_names: Iterable[str] = secret_header_names()) -> None:
+        self._names = tuple({n.lower() for n in header_names})
         names = "|".join(sorted((re.escape(n) for n in set(header_names)), key=len, reverse=True))
         # `Name: <anything>` as header lines or (name, value) reprs; not URL query parameters such
         # as `?set-cookie=1`, which are no header
@@ -45,6 +47,15 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         text = redact_url(text)
+        if text.isascii():
+            # on ASCII text (?i) is lower(): without a header name or a scheme word in it, neither
+            # pattern can match, and most text (URLs, codes, fingerprints) has neither
+            lower = text.lower()
+            if any(name in lower for name in self._names):
+                text = self._header.sub(lambda m: f"{m[1]}{m[2]}***", text)
+            if any(word in lower for word in _AUTH_WORDS):
+                text = _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", text)
+            return text
         text = self._header.sub(lambda m: f"{m[1]}{m[2]}***", text)
         return _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", text)
 

@@ -192,3 +192,25 @@ def test_debug_lines_are_formatted_only_when_a_handler_shows_them():
         assert _wanted(logger, logging.DEBUG)
     finally:
         logger.handlers.clear()
+
+
+def test_a_log_record_is_scrubbed_once_however_many_handlers_it_passes():
+    import logging
+
+    from credhop.scrub import Redactor, SecretFilter
+
+    calls = []
+
+    class Counting(Redactor):
+        def __call__(self, text):
+            calls.append(text)
+            return super().__call__(text)
+
+    secret_filter = SecretFilter(Counting())
+    record = logging.LogRecord("mitmproxy", logging.INFO, __file__, 1, "Bad HTTP request line: %s", (
+        "b'GET http://aws:hunter2-SECRET@h.example/ HTTP/1.1'",), None)
+    assert secret_filter.filter(record) and secret_filter.filter(record)  # two handlers
+    assert len(calls) == 1 and "hunter2-SECRET" not in record.getMessage()
+    secret_filter.redactor = Counting()  # another redactor (the option changed): it scrubs again
+    secret_filter.filter(record)
+    assert len(calls) == 2
