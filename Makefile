@@ -20,7 +20,7 @@ HOPLOG ?= credhop-hops.jsonl
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither" || true
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps clean
+.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps bench bench-deps clean
 
 help:
 	@echo "make run    start the proxy (credhop proxy: mitmdump with credhop) and $(RULES) on $(LISTEN_HOST):$(LISTEN_PORT)"
@@ -28,6 +28,7 @@ help:
 	@echo "make fixture  start the test redirector + auth-only index (for trying credhop by hand)"
 	@echo "make clients  run the client matrix and write docs/clients.md"
 	@echo "make demo     uv 0.5.25 through credhop, observe-only (fails) and inject (works), with both reports"
+	@echo "make bench    measure credhop against bare mitmdump (< 10 min) and write docs/performance.md"
 
 $(VENV)/.installed: pyproject.toml
 	@echo "credhop: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
@@ -107,6 +108,13 @@ clients-deps: deps
 
 clients: deps clients-deps
 	$(VENV)/bin/python scripts/matrix.py $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
+
+# matplotlib draws the chart; a bench-only dependency, installed into .venv
+bench-deps: deps
+	$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/python -m pip install -q matplotlib $(PIP_QUIET)
+
+bench: bench-deps
+	CREDHOP_BENCH_MAKE=1 $(VENV)/bin/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENVS) .tools .pytest_cache .hypothesis

@@ -101,7 +101,7 @@ class CredHop:
         self.store: CredentialStore = MemoryStore(clock=clock)
         self.pending: PendingFollowUps = MemoryPending(clock=clock)
         self.counters = Counters()
-        self.recent = RecentChains(self._chain_failed, on_judged=self._chain_judged)
+        self.recent = RecentChains(self._chain_failed)
         self.redactor = Redactor()
         self.filter = SecretFilter(self.redactor)
         self.event_log = EventLog(self.redactor)
@@ -121,7 +121,6 @@ class CredHop:
         self.instance: str | None = None  # credhop_instance, in every record
         self.metrics: Any = None  # metrics.Metrics while credhop_metrics is set
         self._link: Any = None  # redis_store.RedisLink while credhop_store is a Redis URL
-        self._deadline = STORE_DEADLINE
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -195,6 +194,8 @@ class CredHop:
             if self.metrics:
                 self.metrics.close()
             self.metrics = metrics
+            # every verdict is counted only with metrics on; else a chain that cannot fail is not diagnosed
+            self.recent.on_judged = self._chain_judged if metrics else None
         if redactor is not self.redactor:
             redactor.remember(self.redactor.known())
             self.redactor = self.filter.redactor = redactor
@@ -406,11 +407,17 @@ class CredHop:
 
     async def _ask(self, call: Awaitable[T], fallback: T, op: str = "other") -> T:
         """A store call with its own deadline: a slow or broken store never stalls the flow, and
-        its answer is then `fallback` (which never injects). A Redis store bounds its own calls
-        (credhop_store_timeout) and answers locally; this deadline is the last resort."""
+        its answer is then `fallback` (which never injects). Stores that declare themselves
+        `in_process` (their calls never wait on I/O) are awaited without one, when both are; a Redis
+        store bounds its own calls (credhop_store_timeout) and answers locally, so this deadline is
+        its last resort."""
         start = time.monotonic()
         try:
-            result = await asyncio.wait_for(call, self._deadline)
+            if getattr(self.store, "in_process", False) and getattr(self.pending, "in_process", False):
+                result = await call
+            else:
+                deadline = max(STORE_DEADLINE, 3 * self._link.timeout) if self._link else STORE_DEADLINE
+                result = await asyncio.wait_for(call, deadline)
         except (asyncio.TimeoutError, StoreUnavailable, OSError) as e:
             self.counters.add("store_errors")
             if self.metrics:
@@ -431,7 +438,6 @@ class CredHop:
     def _use_stores(self, store: Any, pending: Any, link: Any) -> None:
         old = self._link
         self.store, self.pending, self._link = store, pending, link
-        self._deadline = max(STORE_DEADLINE, 3 * link.timeout) if link else STORE_DEADLINE
         if link:
             log.info("credhop: grants and follow-ups shared through %s (sealed, %d key(s)), as instance %s",
                      link.where, link.sealer.generations, self.instance)

@@ -401,6 +401,43 @@ def _hops(records: list[dict[str, Any]]) -> list[Hop]:
     return hops
 
 
+def cannot_fail(records: list[dict[str, Any]]) -> bool:
+    """True when `diagnose(records)` cannot give the verdict "failed", judged from the records alone
+    (the live proxy then skips the diagnosis of a chain that ended well). Conservative: False whenever
+    any error-level finding or failure condition in `_assess` might apply: a leak or error record
+    (CH2xx error kinds, CH501), a status of 400 or more (CH101, CH102, CH104, an error status at the
+    end), a redirect with a `why`/`reason` (CH304, CH305) or a block, a URL or a flow at two hop indexes
+    (CH302; hops merged), or a redirect or a later download at the last hop index (a chain that did not
+    end with its own answer)."""
+    urls: dict[str, int] = {}
+    flows: dict[Any, int] = {}
+    last = max((r["hop"] for r in records if type(r.get("hop")) is int), default=-1)
+    answered = False
+    for record in records:
+        event, hop, status = record.get("event"), record.get("hop"), record.get("status")
+        if event not in ("redirect", "inject", "response") or type(hop) is not int:
+            return False
+        if status is not None and (type(status) is not int or status >= 400):
+            return False
+        if event == "redirect" and (record.get("why") or record.get("reason") or record.get("action") == "block"
+                                    or hop == last):
+            return False
+        if hop == last and record.get("reuse") is True:
+            return False  # the last hop must be the walk's own answer, not a later download
+        if event == "response" and hop == last and status is not None and status < 300:
+            answered = True
+        url = record.get("url")
+        if not isinstance(url, str):
+            return False
+        url = url.split("#", 1)[0]
+        if urls.setdefault(url, hop) != hop:
+            return False
+        flow = record.get("flow")
+        if flow is not None and flows.setdefault(flow, hop) != hop:  # one request, two hops: merged
+            return False
+    return answered
+
+
 def diagnose(records: Iterable[dict[str, Any]]) -> list[Chain]:
     """Chains of the given hop-log records, with findings and verdicts, worst first."""
     by_chain: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -35,6 +35,8 @@ def new_chain() -> ChainPosition:
 
 
 class PendingFollowUps(Protocol):
+    in_process: bool  # as CredentialStore.in_process: calls never wait on I/O
+
     async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
         """Remember that `client` should next request `url` (normalised) on `origin`, as hop `position`."""
 
@@ -54,6 +56,8 @@ class PendingFollowUps(Protocol):
 class MemoryPending:
     """Pending follow-ups by (client, URL); one client may await the same URL in several chains.
     Entries share one TTL, so the least recently touched queue expires first."""
+
+    in_process = True  # never awaits anything: no deadline needed
 
     def __init__(self, max_pending: int = 10_000, ttl: float = 120.0, clock: Clock = time.time) -> None:
         self.max_pending, self.ttl, self.clock = max_pending, ttl, clock

@@ -88,15 +88,19 @@ class Record:
     def as_dict(self) -> dict[str, Any]:
         """The JSON object: false flags and empty optional fields left out, `user` kept (null: a token)."""
         out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.name != "user" or value is False and f.name in _FLAGS:
+        names = _NAMES.get(type(self))
+        if names is None:
+            names = _NAMES[type(self)] = tuple(f.name for f in fields(self))
+        for name in names:
+            value = getattr(self, name)
+            if value is None and name != "user" or value is False and name in _FLAGS:
                 continue
-            out[f.name] = value
+            out[name] = value
         return out
 
 
 _FLAGS = frozenset(("retry", "reuse", "observe"))
+_NAMES: dict[type, tuple[str, ...]] = {}  # each record class's field names, in order
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

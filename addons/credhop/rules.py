@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import heapq
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ class Match:
     path_prefixes: tuple[str, ...] = ()
     statuses: frozenset[int] = frozenset()
     clients: tuple[IPNetwork, ...] = ()
+    # the host globs as written (lower case, trailing dots gone), for the index; empty when a
+    # Match is built from compiled patterns only, which the index then scans
+    host_globs: tuple[str, ...] = ()
 
     def __call__(self, hop: Hop) -> bool:
         origin = hop.location.origin
@@ -102,16 +106,106 @@ class RuleSet:
     source: str = "<none>"
     warnings: tuple[str, ...] = field(default=())
 
+    index: RuleIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", RuleIndex(self.rules))
+
     def first_match(self, hop: Hop) -> Rule | None:
+        """The first rule, in file order, whose `match` fits `hop`."""
+        return self.index.first_match(hop)
+
+    def first_match_linear(self, hop: Hop) -> Rule | None:
+        """The same as `first_match`, by trying every rule in turn (the index's reference)."""
         for rule in self.rules:
             if rule.match(hop):
                 return rule
         return None
 
 
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _glob_kind(glob: str) -> tuple[str, str] | None:
+    """("exact", host) or ("suffix", ".rest") for globs an index can look up, None for the rest.
+    Only ASCII globs: re.IGNORECASE folds some non-ASCII letters onto ASCII ones (K, ſ)."""
+    if not glob.isascii():
+        return None
+    if not _GLOB_CHARS.intersection(glob):
+        return "exact", glob
+    if glob.startswith("*.") and not _GLOB_CHARS.intersection(glob[2:]):
+        return "suffix", glob[1:]
+    return None
+
+
+class RuleIndex:
+    """`first_match` without trying every rule: exact host globs in a hash, `*.suffix` globs in a
+    map by suffix, and only the rest (irregular globs, `*`, rules without a host) tried for every
+    host. Candidates are tried in file order, so the first match is the linear scan's."""
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        self.exact: dict[str, list[int]] = {}
+        self.suffix: dict[str, list[int]] = {}  # ".example.com" -> rules with "*.example.com"
+        always: list[int] = []  # tried for every host
+        for i, rule in enumerate(rules):
+            match = rule.match
+            if not match.hosts:
+                always.append(i)
+                continue
+            kinds = [_glob_kind(g) for g in match.host_globs]
+            if len(match.host_globs) != len(match.hosts) or None in kinds or any(
+                    k == ("suffix", "") for k in kinds):
+                always.append(i)  # an irregular glob, or "*" (any host): tried for every host
+                continue
+            for kind, key in kinds:  # type: ignore[misc]
+                table = self.exact if kind == "exact" else self.suffix
+                if not table.get(key) or table[key][-1] != i:
+                    table.setdefault(key, []).append(i)
+        self.always = tuple(always)
+        self.linear = len(self.always) == len(rules)  # nothing indexed: the plain scan is the index
+
+    def candidates(self, host: str) -> list[int] | None:
+        """Indexes of the rules whose host globs may match `host` (trailing dots removed), in
+        file order; None when only trying every rule is right (a non-ASCII host)."""
+        if not host.isascii():
+            return None
+        host = host.lower()
+        hits: list[int] = list(self.exact.get(host, ()))
+        if self.suffix:
+            dot = host.find(".")
+            while dot >= 0:
+                found = self.suffix.get(host[dot:])
+                if found:
+                    hits.extend(found)
+                dot = host.find(".", dot + 1)
+        if not hits:
+            return list(self.always)
+        hits.sort()
+        return list(heapq.merge(self.always, hits))
+
+    def first_match(self, hop: Hop) -> Rule | None:
+        rules = self.rules
+        if not self.linear:
+            order = self.candidates(hop.location.origin.host.rstrip("."))
+            if order is not None:
+                for i in order:
+                    if rules[i].match(hop):
+                        return rules[i]
+                return None
+        for rule in rules:
+            if rule.match(hop):
+                return rule
+        return None
+
+
+def _normal_glob(pattern: str) -> str:
+    return pattern.lower().rstrip(".")
+
+
 def _glob(pattern: str) -> re.Pattern[str]:
     # fnmatch.translate yields backtracking-safe regexes (atomic groups since 3.9)
-    return re.compile(fnmatch.translate(pattern.lower().rstrip(".")), re.IGNORECASE)
+    return re.compile(fnmatch.translate(_normal_glob(pattern)), re.IGNORECASE)
 
 
 def load_rules(path: str | Path) -> RuleSet:
@@ -259,7 +353,10 @@ class _Parser:
         for key, (_, value) in fields.items():
             full = f"{where}.{key}"
             if key in ("host", "from_host"):
-                out[key + "s"] = self.one_or_many(value, full, str, self.glob(full))
+                globs = self.one_or_many(value, full, str, self.glob(full))
+                out[key + "s"] = tuple(_glob(g) for g in globs)
+                if key == "host":
+                    out["host_globs"] = tuple(_normal_glob(g) for g in globs)
             elif key == "scheme":
                 out["schemes"] = frozenset(self.one_or_many(value, full, str, self.choice(full, ("http", "https"))))
             elif key == "port":
@@ -284,13 +381,13 @@ class _Parser:
             raise self.fail(node, where, str(e)) from None
 
     # converters: (value, node) -> compiled value, raising RulesError at the node
-    def glob(self, key: str) -> Callable[[str, yaml.Node], re.Pattern[str]]:
-        def convert(value: str, node: yaml.Node) -> re.Pattern[str]:
+    def glob(self, key: str) -> Callable[[str, yaml.Node], str]:
+        def convert(value: str, node: yaml.Node) -> str:
             if not value or any(c in value for c in "/@\\ \t:") and not _is_ipv6_glob(value):
                 raise self.fail(node, key, f"bad host glob {value!r}: use a host name pattern like '*.example.com'")
             if value.count("[") != value.count("]"):
                 raise self.fail(node, key, f"bad host glob {value!r}: unbalanced [ ]")
-            return _glob(value)
+            return value
 
         return convert
 

@@ -23,6 +23,7 @@ _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udff
 _LINE_BREAK = re.compile(r"[\n\t]")
 # a scheme word followed by its credential, anywhere
 _AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|digest|negotiate|ntlm)\s+[^\s'\",;)]{8,}")
+_AUTH_WORDS = ("basic", "bearer", "digest", "negotiate", "ntlm")
 # userinfo in a request line's authority form, which has no "//" (`CONNECT user:pw@host:443 HTTP/1.1`,
 # as urllib.request sends it when it follows a Location with userinfo through a proxy)
 _AUTHORITY_FORM = re.compile(r"(?<![\w/])([A-Z]{3,10} +)([^\s/@'\"]+)@(?=[^\s/@]+ +HTTP/)")
@@ -43,6 +44,7 @@ class Redactor:
     """Scrubs text for one set of secret header names."""
 
     def __init__(self, header_names: Iterable[str] = secret_header_names()) -> None:
+        self._names = tuple({n.lower() for n in header_names})
         names = "|".join(sorted((re.escape(n) for n in set(header_names)), key=len, reverse=True))
         # `Name: <anything>` as header lines or (name, value) reprs; not URL query parameters such
         # as `?set-cookie=1`, which are no header
@@ -80,7 +82,17 @@ class Redactor:
                 text = text.replace(form, "***")
             text = self._known_re.sub("***", text)
         text = redact_url(text)
-        text = _AUTHORITY_FORM.sub(lambda m: f"{m[1]}***@", text)
+        if "@" in text:
+            text = _AUTHORITY_FORM.sub(lambda m: f"{m[1]}***@", text)
+        if text.isascii():
+            # on ASCII text (?i) is lower(): without a header name or a scheme word in it, neither
+            # pattern can match, and most text (URLs, codes, fingerprints) has neither
+            lower = text.lower()
+            if any(name in lower for name in self._names):
+                text = self._header.sub(lambda m: f"{m[1]}{m[2]}***", text)
+            if any(word in lower for word in _AUTH_WORDS):
+                text = _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", text)
+            return text
         text = self._header.sub(lambda m: f"{m[1]}{m[2]}***", text)
         return _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", text)
 
@@ -105,6 +117,9 @@ def printable(text: str, one_line: bool = False) -> str:
     return _LINE_BREAK.sub(lambda m: ascii(m[0])[1:-1], text) if one_line else text
 
 
+SCRUBBED_BY = "credhop_scrubbed_by"  # LogRecord attribute: the Redactor that scrubbed its message
+
+
 class SecretFilter(logging.Filter):
     """Scrubs every log record that passes a handler, mitmproxy's own lines included.
 
@@ -117,6 +132,10 @@ class SecretFilter(logging.Filter):
         self.redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # the filter sits on every handler: a record this redactor already scrubbed (at an earlier
+        # handler, or credhop's own event-log lines) is not scrubbed again
+        if getattr(record, SCRUBBED_BY, None) is self.redactor:
+            return True
         try:
             message = record.getMessage()
         except Exception:
@@ -124,4 +143,5 @@ class SecretFilter(logging.Filter):
         clean = self.redactor(message)
         if clean != message:
             record.msg, record.args = clean, None
+        setattr(record, SCRUBBED_BY, self.redactor)
         return True

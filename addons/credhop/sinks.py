@@ -14,9 +14,9 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Protocol, TextIO
 
-from .diagnosis import Chain, diagnose
+from .diagnosis import Chain, cannot_fail, diagnose
 from .records import SCHEMA, Action, Event, LeakRecord, Record, RedirectRecord, ResponseRecord
-from .scrub import Redactor, printable
+from .scrub import SCRUBBED_BY, Redactor, printable
 
 log = logging.getLogger("credhop")
 
@@ -97,8 +97,33 @@ def event_line(record: dict[str, Any]) -> str:
                      one_line=True)
 
 
+# mitmproxy's deprecated `add_log` event: a handler at every level, which only feeds old addons' add_log
+# hooks, one event-loop wake-up per line. It alone does not make a debug line worth formatting.
+_LEGACY_HANDLERS = frozenset({"LegacyLogEvents"})
+
+
+def _wanted(logger: logging.Logger, level: int) -> bool:
+    """Whether a line at `level` reaches any handler. mitmproxy sets the root logger to DEBUG and lets
+    each handler choose (the terminal shows INFO and up), so `isEnabledFor` alone says yes to every
+    debug line."""
+    if not logger.isEnabledFor(level):
+        return False
+    current: logging.Logger | None = logger
+    found = False
+    while current is not None:
+        for handler in current.handlers:
+            found = True
+            if level >= handler.level and type(handler).__name__ not in _LEGACY_HANDLERS:
+                return True
+        if not current.propagate:
+            break
+        current = current.parent
+    # no handler at all: stdlib logging's last resort (stderr, WARNING and up)
+    return not found and logging.lastResort is not None and level >= logging.lastResort.level
+
+
 class EventLog:
-    """mitmproxy's event log, through stdlib logging."""
+    """mitmproxy's event log, through stdlib logging; a line is formatted only when a handler wants it."""
 
     def __init__(self, redactor: Redactor, logger: logging.Logger = log) -> None:
         self._redactor = redactor
@@ -106,8 +131,9 @@ class EventLog:
 
     def emit(self, record: Record) -> None:
         level = level_of(record)
-        if self._log.isEnabledFor(level):
-            self._log.log(level, "%s", self._redactor(event_line(record.as_dict())))
+        if _wanted(self._log, level):
+            self._log.log(level, "%s", self._redactor(event_line(record.as_dict())),
+                          extra={SCRUBBED_BY: self._redactor})
 
     def close(self) -> None:
         pass
@@ -125,6 +151,7 @@ class RecentChains:
         self._chains: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._failed: set[str] = set()
         self.diagnosed = 0  # how often a chain was diagnosed: the cost this class keeps low
+        self.cleared = 0  # chains that ended well by a look at their records, without a diagnosis
 
     def emit(self, record: Record) -> None:
         data = record.as_dict()
@@ -154,8 +181,12 @@ class RecentChains:
     def _judge(self, chain_id: str) -> None:
         if chain_id in self._failed:
             return
+        records = self._chains[chain_id]
+        if self.on_judged is None and cannot_fail(records):  # most chains: redirect, injected follow-up, 200
+            self.cleared += 1  # (metrics want every verdict: with them on, every chain is diagnosed)
+            return
         self.diagnosed += 1
-        chains = diagnose(self._chains[chain_id])
+        chains = diagnose(records)
         if chains and self.on_judged:
             self.on_judged(chains[0])
         if chains and chains[0].verdict == "failed":

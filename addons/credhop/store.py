@@ -49,6 +49,9 @@ class StoreUnavailable(Exception):
 
 
 class CredentialStore(Protocol):
+    # True only for a store whose calls never wait on I/O (they finish in the awaiting step): the
+    # addon then skips the deadline it puts on every call to a store that can stall
+    in_process: bool
     async def grant(self, grant: Grant) -> Refusal | None:
         """Store `grant` unless a live grant for the same client and origin, handed out by another
         issuer, holds another credential (another site must not swap a registry's token)."""
@@ -65,6 +68,8 @@ class MemoryStore:
     """Grants by client, then origin. Expired grants are dropped as time passes (a heap of expiry
     times), and when full the client holding the most loses its least recently used grant, so one
     client flooding the proxy with redirects evicts only its own."""
+
+    in_process = True  # never awaits anything: no deadline needed
 
     def __init__(self, max_entries: int = 10_000, max_per_client: int | None = None,
                  clock: Clock = time.time) -> None:

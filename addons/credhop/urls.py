@@ -263,6 +263,8 @@ def redact_url(text: str) -> str:
     of letters, and this runs on every log line): a head whose stretch up to the next / ? # or line
     end holds no "@" rules out every later head in that stretch as well.
     """
+    if "@" not in text:  # no userinfo without its "@": the common case costs one scan in C
+        return redact_params(text)
     out: list[str] = []
     done = 0  # text[:done] is in `out`
     stretch_end = -1  # end of the last stretch searched for "@"

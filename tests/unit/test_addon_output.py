@@ -163,8 +163,56 @@ def test_a_chain_is_diagnosed_once_not_on_every_download(hop):
         wheel = send(hop, f"https://registry.example/files/pkg-{i}.whl")
         wheel.response = tflow.tresp(status_code=200)
         hop.response(wheel)
-    assert hop.addon.recent.diagnosed == 1
+    # judged once, when the page answered: a look at its records clears it without a diagnosis
+    assert (hop.addon.recent.diagnosed, hop.addon.recent.cleared) == (0, 1)
     failed = send(hop, "https://registry.example/files/broken.whl")
     failed.response = tflow.tresp(status_code=403)
     hop.response(failed)  # a failing download can still fail the chain
-    assert hop.addon.recent.diagnosed == 2 and hop.addon.counters["chains_failed"] == 1
+    assert hop.addon.recent.diagnosed == 1 and hop.addon.counters["chains_failed"] == 1
+
+
+def test_debug_lines_are_formatted_only_when_a_handler_shows_them():
+    """mitmproxy sets the root logger to DEBUG and lets handlers choose; a line no handler shows (its
+    deprecated add_log feed aside) is not built."""
+    import logging
+
+    from credhop.sinks import _wanted
+
+    class LegacyLogEvents(logging.Handler):  # stands in for mitmproxy's, matched by class name
+        def emit(self, record):
+            pass
+
+    logger = logging.getLogger("credhop.test-wanted")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    terminal = logging.Handler(logging.INFO)
+    logger.addHandler(terminal)
+    logger.addHandler(LegacyLogEvents())
+    try:
+        assert _wanted(logger, logging.INFO) and not _wanted(logger, logging.DEBUG)
+        terminal.setLevel(logging.DEBUG)  # termlog_verbosity=debug
+        assert _wanted(logger, logging.DEBUG)
+    finally:
+        logger.handlers.clear()
+
+
+def test_a_log_record_is_scrubbed_once_however_many_handlers_it_passes():
+    import logging
+
+    from credhop.scrub import Redactor, SecretFilter
+
+    calls = []
+
+    class Counting(Redactor):
+        def __call__(self, text):
+            calls.append(text)
+            return super().__call__(text)
+
+    secret_filter = SecretFilter(Counting())
+    record = logging.LogRecord("mitmproxy", logging.INFO, __file__, 1, "Bad HTTP request line: %s", (
+        "b'GET http://aws:hunter2-SECRET@h.example/ HTTP/1.1'",), None)
+    assert secret_filter.filter(record) and secret_filter.filter(record)  # two handlers
+    assert len(calls) == 1 and "hunter2-SECRET" not in record.getMessage()
+    secret_filter.redactor = Counting()  # another redactor (the option changed): it scrubs again
+    secret_filter.filter(record)
+    assert len(calls) == 2

@@ -1,0 +1,36 @@
+"""`make bench` keeps working: the benchmark with tiny counts, into a temporary directory.
+It checks that the tables are there, never how fast anything was."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.e2e.harness import REPO, all_text_under, tool
+from tests.secrets_check import assert_no_leak, secret_forms
+
+
+def test_bench_smoke_run_writes_its_tables(tmp_path, token):
+    mitmdump = tool("CREDHOP_MITMDUMP", "mitmdump")
+    out = tmp_path / "performance.md"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--smoke", "--out", str(out),
+                           "--mitmdump", mitmdump, "--workdir", str(tmp_path / "work")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CREDHOP_BENCH_TOKEN": token})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("CPU per request, ratio to bare mitmdump", "Throughput and latency", "Rule matching",
+                    "Hooks", "Stores", "Memory", "## Reproduce"):
+        assert heading in text, heading
+    data = json.loads(out.with_suffix(".json").read_text())
+    shapes = {(r["workload"], r["scheme"]) for r in data["rows"]}
+    assert shapes == {(w, s) for w in ("plain", "redirect", "download", "noauth") for s in ("http", "https")}
+    for row in data["rows"]:
+        assert row["requests"] > 0 and row["errors"] == 0, row
+        # credhop injected into follow-ups and downloads; bare mitmdump never does
+        if row["workload"] in ("redirect", "download"):
+            assert (row["authed"] > 0) == (row["config"] != "bare"), row
+    # the backend's userinfo secret is in no output (the hop log, mitmdump's output, the report)
+    assert_no_leak(all_text_under(tmp_path) + proc.stdout + proc.stderr, secret_forms(token, user="aws"), "bench output")

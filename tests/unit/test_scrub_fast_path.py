@@ -1,0 +1,28 @@
+"""The Redactor's shortcut for ASCII text without a header name or scheme word scrubs exactly what
+the patterns alone scrub."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from credhop.scrub import _AUTH_VALUE, Redactor, secret_header_names
+from credhop.urls import redact_url
+
+PIECES = ["Authorization", "authorization", "COOKIE", "cookie", "X-Api-Key", "private-token", "Proxy-Authorization",
+          ": ", ":", ",", "'", '"', "b'", " ", "\t", "\n", "Basic ", "BEARER ", "bearer", "ntlm ", "Negotiate ",
+          "dXNlcjpwYXNzd29yZA==", "abcdefghij", "https://", "u:p@", "@", "/", "?x=1", "&", "=", "-", "é", "\u212a",
+          "ſ", "Coo\u212aie: v", "x-auth-token"]
+
+
+def slow(redactor: Redactor, text: str) -> str:
+    text = redact_url(text)
+    text = redactor._header.sub(lambda m: f"{m[1]}{m[2]}***", text)
+    return _AUTH_VALUE.sub(lambda m: f"{m[1]} ***", text)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
+def test_the_shortcut_changes_nothing(text):
+    for redactor in (Redactor(), Redactor(secret_header_names(["X-Custom-Secret", "Session"]))):
+        assert redactor(text) == slow(redactor, text)
