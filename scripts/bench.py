@@ -26,6 +26,7 @@ sys.path[:0] = [str(REPO), str(REPO / "addons")]
 
 from scripts.bench import load, micro, rulegen  # noqa: E402
 from tests.e2e.harness import clean_env, free_port  # noqa: E402
+from tests.fixtures.fleet import RedisServer  # noqa: E402
 from tests.fixtures.pki import make_pki  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -53,6 +54,8 @@ class Config:
 class Cell:
     cpu: float = 0.0
     backend_cpu: float = 0.0
+    redis_cpu: float = 0.0  # redis-server's CPU, for the configuration that uses it
+    redis_commands: int = 0  # commands redis-server processed for it
     requests: int = 0
     authed: int = 0
     errors: int = 0
@@ -90,7 +93,20 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait()
 
 
-def configs(args: argparse.Namespace, workdir: Path) -> list[Config]:
+def key_file(path: Path) -> Path:
+    """A fresh 32-byte key, 64 hex digits, in a file only we can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path
+
+
+def redis_commands(redis: RedisServer) -> int:
+    """Commands redis-server has processed so far (INFO stats)."""
+    return int(redis.command("INFO", "stats")["total_commands_processed"])
+
+
+def configs(args: argparse.Namespace, workdir: Path, redis: RedisServer | None = None) -> list[Config]:
     entry = str(Path(args.credhop_src or REPO / "addons") / "credhop.py")
     out = [Config("bare", "bare mitmdump", None, [])]
     shipped = ["-s", entry, "--set", f"credhop_rules={REPO / 'addons' / 'credhop' / 'rules.yaml'}"]
@@ -101,6 +117,12 @@ def configs(args: argparse.Namespace, workdir: Path) -> list[Config]:
         out.append(Config(f"rules{n}", f"credhop, {n:,} rules", n, ["-s", entry, "--set", f"credhop_rules={path}"]))
     out.append(Config("hoplog", "credhop, shipped rules + hop log", 2,
                       shipped + ["--set", f"credhop_log={workdir / 'hops.jsonl'}"]))
+    if redis is not None:  # the shared store of a fleet (issue 16): one instance here, its Redis on loopback
+        store_key = key_file(workdir / "store.key")
+        fingerprint_key = key_file(workdir / "fingerprint.key")
+        out.append(Config("redis", "credhop, shipped rules + Redis store", 2,
+                          shipped + ["--set", f"credhop_store={redis.url}", "--set", f"credhop_store_key={store_key}",
+                                     "--set", f"credhop_fingerprint_key={fingerprint_key}"]))
     return out
 
 
@@ -111,8 +133,18 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
     token = os.environ.get("CREDHOP_BENCH_TOKEN") or secrets.token_urlsafe(16)
     backend = subprocess.Popen([sys.executable, "-m", "scripts.bench.backend", str(workdir / "pki")], cwd=REPO,
                                stdout=subprocess.PIPE, env={**clean_env(workdir / "home"), "BENCH_TOKEN": token})
-    cfgs = configs(args, workdir)
+    redis: RedisServer | None = None
+    cfgs: list[Config] = []
     try:
+        if not args.no_redis:
+            try:
+                redis = RedisServer(workdir / "redis")
+            except FileNotFoundError:
+                raise RuntimeError("redis-server not found (make system-deps, or CREDHOP_REDIS_SERVER); "
+                                   "--no-redis leaves the Redis configuration out") from None
+            redis.start()  # --save '' --appendonly no, loopback, its own free port
+            log(f"started redis-server on {redis.port} (pid {redis.proc.pid})")  # type: ignore[union-attr]
+        cfgs = configs(args, workdir, redis)
         ports = json.loads(backend.stdout.readline())  # type: ignore[union-attr]
         for c in cfgs:
             start_mitmdump(c, workdir, confdir, pki.ca_cert, args.mitmdump)
@@ -126,17 +158,24 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
         for r in range(args.rounds):
             for w, s in shapes:
                 run = load.Run(ports_list, s, ports, SOURCES[w], ca, w, args.requests, args.threads, f"{r}")
+                cmds0 = redis_commands(redis) if redis else 0  # outside the CPU interval
                 cpu0 = [cpu_seconds(c.proc.pid) for c in cfgs]  # type: ignore[union-attr]
                 bcpu0 = cpu_seconds(backend.pid)
+                rcpu0 = cpu_seconds(redis.proc.pid) if redis else 0.0  # type: ignore[union-attr]
                 outcomes = run.go()
                 cpu1 = [cpu_seconds(c.proc.pid) for c in cfgs]  # type: ignore[union-attr]
                 bcpu1 = cpu_seconds(backend.pid)
+                rcpu1 = cpu_seconds(redis.proc.pid) if redis else 0.0  # type: ignore[union-attr]
+                cmds1 = redis_commands(redis) - 1 if redis else 0  # less our first INFO
                 total = sum(o.requests for o in outcomes) or 1
                 for c, outcome, a, b in zip(cfgs, outcomes, cpu0, cpu1):
                     cell = cells.setdefault((c.name, w, s), Cell())
                     cell.cpu += b - a
                     # the backend served every configuration at once: its CPU shared out by requests
                     cell.backend_cpu += (bcpu1 - bcpu0) * outcome.requests / total
+                    if c.name == "redis":  # only that mitmdump talks to redis-server
+                        cell.redis_cpu += rcpu1 - rcpu0
+                        cell.redis_commands += cmds1 - cmds0
                     cell.requests += outcome.requests
                     cell.authed += outcome.authed
                     cell.errors += outcome.errors
@@ -147,11 +186,15 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
         for c in cfgs:
             if c.proc and c.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump ({c.name}) died during the run")
+        if redis and redis.proc and redis.proc.poll() is not None:
+            raise RuntimeError("redis-server died during the run")
         return cfgs, cells, ports
     finally:
         for c in cfgs:
             stop(c.proc)
         stop(backend)
+        if redis is not None:
+            redis.__exit__(None, None, None)
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -183,6 +226,10 @@ def ratio_rows(cfgs: list[Config], cells: dict, args: argparse.Namespace) -> lis
                     "p50_ratio": pct(cell.latencies, .5) / pct(bare.latencies, .5),
                     "p99_ratio": pct(cell.latencies, .99) / pct(bare.latencies, .99),
                     "backend_cpu_ms": cell.backend_cpu / cell.requests * 1e3,
+                    "redis_cpu_ms": cell.redis_cpu / cell.requests * 1e3,
+                    "redis_commands": cell.redis_commands,
+                    # mitmdump and its redis-server together, against bare mitmdump
+                    "total_cpu_ratio": (cell.cpu + cell.redis_cpu) / cell.requests / b_cpu,
                     "requests": cell.requests, "authed": cell.authed, "errors": cell.errors,
                 })
     return rows
@@ -248,6 +295,28 @@ def write_report(args: argparse.Namespace, rows: list[dict], micro_out: dict, st
             lines.append(f"| {w} | {s} | {fmt(by['bare']['cpu_ms'])} | " + " | ".join(
                 f"**x{fmt(by[c]['cpu_ratio'], 3)}** ({fmt(by[c]['round_min'])}-{fmt(by[c]['round_max'])})"
                 for c in configs_) + " |")
+    if "redis" in configs_ and "shipped" in configs_:
+        lines += ["", "### Redis store against the memory store (issue 16)", "",
+                  f"**{names['redis']}** is credhop with the shipped rules and `credhop_store=redis://127.0.0.1:PORT/0` "
+                  "(with `credhop_store_key` and `credhop_fingerprint_key`, fresh 32-byte keys), on a redis-server "
+                  "the benchmark starts on a free loopback port (`--save '' --appendonly no`) and only that mitmdump "
+                  f"uses; **{names['shipped']}** is the same with the default memory store, in the same run. Next to "
+                  "mitmdump's CPU per request, redis-server's (utime+stime from /proc/PID/stat over the same "
+                  "interval, all of it charged to the Redis configuration; that includes its idle housekeeping, "
+                  "a few ms a second), and the two together as a ratio to bare mitmdump.", "",
+                  "| workload | scheme | bare mitmdump (ms CPU/request) | memory store: mitmdump ms (ratio) | "
+                  "Redis store: mitmdump ms (ratio) | redis-server ms CPU/request | Redis store: mitmdump + "
+                  "redis-server ms (ratio) | Redis / memory, mitmdump + redis-server |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for w in args.workloads:
+            for s in args.schemes:
+                by = {r["config"]: r for r in rows if r["workload"] == w and r["scheme"] == s}
+                b, m, r = by["bare"], by["shipped"], by["redis"]
+                both = r["cpu_ms"] + r["redis_cpu_ms"]
+                lines.append(f"| {w} | {s} | {fmt(b['cpu_ms'], 3)} | {fmt(m['cpu_ms'], 3)} (x{fmt(m['cpu_ratio'], 3)}) | "
+                             f"{fmt(r['cpu_ms'], 3)} (x{fmt(r['cpu_ratio'], 3)}) | {fmt(r['redis_cpu_ms'], 3)} | "
+                             f"{fmt(both, 3)} (**x{fmt(r['total_cpu_ratio'], 3)}**) | "
+                             f"x{fmt(both / m['cpu_ms'] if m['cpu_ms'] else float('nan'), 3)} |")
     lines += ["", "### Throughput and latency, ratio to bare mitmdump", "",
               "Requests per second of one client connection (closed loop: 1 / mean latency; higher is better) and "
               "p50/p99 latency of single requests (lower is better), each as credhop's figure divided by bare "
@@ -266,11 +335,13 @@ def write_report(args: argparse.Namespace, rows: list[dict], micro_out: dict, st
               "the bottleneck: its CPU per request next to mitmdump's. "
               "`authed` counts follow-ups and downloads that reached the index with `Authorization` (credhop "
               "injected it; bare mitmdump never does).", "",
-              "| workload | scheme | configuration | requests | backend ms CPU/request | mitmdump ms CPU/request | authed | errors |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| workload | scheme | configuration | requests | backend ms CPU/request | mitmdump ms CPU/request | redis-server ms CPU/request | authed | errors |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        redis_ms = (f"{fmt(r['redis_cpu_ms'], 3)} ({r['redis_commands'] / r['requests']:.1f} commands/request)"
+                    if r["config"] == "redis" else "-")
         lines.append(f"| {r['workload']} | {r['scheme']} | {names[r['config']]} | {r['requests']} | "
-                     f"{fmt(r['backend_cpu_ms'], 3)} | {fmt(r['cpu_ms'], 3)} | {r['authed']} | {r['errors']} |")
+                     f"{fmt(r['backend_cpu_ms'], 3)} | {fmt(r['cpu_ms'], 3)} | {redis_ms} | {r['authed']} | {r['errors']} |")
     targets = {"plain": 1.02}
     judged = [c for c in ("shipped", "rules10000", "hoplog") if c in configs_]
     if judged:
@@ -368,7 +439,7 @@ def draw_chart(rows: list[dict], micro_rules: list[dict], path: Path, required: 
     for w in dict.fromkeys(r["workload"] for r in rows):
         for s in dict.fromkeys(r["scheme"] for r in rows):
             pts = sorted((r["rules"], r["cpu_ratio"]) for r in rows if r["workload"] == w and r["scheme"] == s
-                         and r["rules"] and r["config"] != "hoplog")
+                         and r["rules"] and r["config"] not in ("hoplog", "redis"))
             if pts:
                 left.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{w} {s}",
                           linestyle="-" if s == "http" else "--")
@@ -411,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-budget", type=float, default=0.3, help="seconds per micro-benchmark figure")
     p.add_argument("--no-e2e", action="store_true")
     p.add_argument("--no-micro", action="store_true")
+    p.add_argument("--no-redis", action="store_true", help="leave out the Redis store configuration")
     p.add_argument("--smoke", action="store_true", help="tiny counts, for the test suite")
     p.add_argument("--mitmdump", default=os.environ.get("CREDHOP_MITMDUMP") or str(Path(sys.executable).parent / "mitmdump"))
     p.add_argument("--credhop-src", help="addons/ directory to load credhop from (to measure another version)")
