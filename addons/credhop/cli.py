@@ -21,7 +21,7 @@ from .html_report import render_html
 from .replay import InputError, collect
 from .report import Selection, render_json, render_markdown, render_text
 from .rules import RulesError, load_rules
-from .signed import scrub_report as scrub
+from .scrub import scrub
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 

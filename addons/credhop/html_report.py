@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 
 from .diagnosis import REUSE_SHOWN, Chain, Finding, Hop
 from .report import VERDICT_MARK, credential_text, totals_line
-from .scrub import printable
-from .signed import scrub_report as scrub
+from .scrub import printable, scrub
 
 LANE_W, ROW_H, HEAD_H, CODES_W, PAD = 250, 78, 64, 110, 16
 CHAR_W = 7.2  # px per character of the 11.5px monospace labels, for truncating them

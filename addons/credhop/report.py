@@ -13,8 +13,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from .diagnosis import KINDS, REUSE_SHOWN, Chain, Finding, Hop, severity_rank
-from .scrub import printable
-from .signed import scrub_report as scrub
+from .scrub import printable, scrub
 
 VERDICT_MARK = {"failed": "✗ FAILED", "unknown": "? UNKNOWN", "ok": "✓ ok"}
 ANSI = {"error": "31;1", "warning": "33", "info": "36", "failed": "31;1", "unknown": "33", "ok": "32",

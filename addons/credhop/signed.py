@@ -2,15 +2,13 @@
 
 Registries (CodeArtifact, Artifactory, GitHub Packages, GitLab) answer artifact downloads with a 3xx
 to a presigned S3, GCS or Azure URL. Such a URL needs no client credential, and its signing values are
-bearer secrets until they expire: the report redacts them wherever it writes text. No mitmproxy here.
+bearer secrets until they expire: `urls.redact_params` redacts them in everything `scrub` passes,
+live logs and reports alike. No mitmproxy here.
 """
 
 from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlsplit
-
-from .scrub import scrub
-from .urls import redact_params
 
 # (what it is, query parameter names that must all be present), names compared case-insensitively
 SIGNED_KINDS: tuple[tuple[str, frozenset[str]], ...] = (
@@ -32,15 +30,3 @@ def signed_url_kind(url: str | None) -> str | None:
         if needed <= names:
             return kind
     return None
-
-
-def redact_signed_query(text: str) -> str:
-    """Every signing value of a presigned URL in `text` replaced by `REDACTED` (names stay): the hop
-    log's own redaction (`urls.redact_params`), so a report and a live log read the same."""
-    return redact_params(text)
-
-
-def scrub_report(text: str) -> str:
-    """What a report may print: `scrub` already takes userinfo, secret headers, auth tokens and
-    signed-URL values out."""
-    return scrub(text)

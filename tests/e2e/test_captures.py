@@ -20,7 +20,7 @@ import pytest
 
 from credhop.diagnosis import Chain, diagnose, parse_records
 from credhop.replay import collect
-from credhop.signed import scrub_report
+from credhop.scrub import scrub
 from tests.e2e.harness import REPO, Mitmdump, clean_env, run, tool
 from tests.e2e.test_clients import CLIENTS, PACKAGE
 from tests.fixtures.presigned import start_presigned
@@ -105,7 +105,7 @@ def test_flow_file_of_failing_uv_0_5_25_names_the_lost_credential(registry_facto
     with proxy:
         result = CLIENTS["uv-0.5.25"](registry, tmp_path / "uv", proxy)
     failed_as_expected = result.returncode != 0 and "not found in the package registry" in result.output
-    assert failed_as_expected, scrub_report(result.output[-2000:])  # pytest would print the raw output
+    assert failed_as_expected, scrub(result.output[-2000:])  # pytest would print the raw output
     assert capture.flows.exists() and capture.har.exists()
     assert "-s" not in proxy.argv and not proxy.hoplog.exists()  # a plain mitmdump, no credhop
 
@@ -141,7 +141,7 @@ def test_flow_files_of_pip_and_curl_against_the_401_index(client, unauth, status
     proxy, capture = capturing_proxy(tmp_path, registry.test_ca)
     with proxy:
         result = CLIENTS[client](registry, tmp_path / client, proxy)
-    assert (result.returncode == 0) == (verdict == "ok"), scrub_report(result.output[-2000:])
+    assert (result.returncode == 0) == (verdict == "ok"), scrub(result.output[-2000:])
     proc = credhop("report", str(capture.flows))
     assert proc.returncode == status, proc.stdout + proc.stderr[-2000:]
     chains = chains_of(capture.flows)
@@ -273,7 +273,7 @@ def test_presigned_download_is_its_own_chain_with_credhop(presigned, pki, tmp_pa
             result = CLIENTS["uv"](_Registry(index, redirector), tmp_path / "uv", proxy)
     finally:
         redirector.stop()
-    assert result.returncode == 0, scrub_report(result.output[-3000:])
+    assert result.returncode == 0, scrub(result.output[-3000:])
     storage_saw_a_token = bool(store.headers_seen("authorization"))  # a bool: a failure must not print it
     assert store.requests and not storage_saw_a_token
 

@@ -118,7 +118,8 @@ def test_a_re_quoted_or_unexpected_follow_up_cannot_carry_a_leak(net, name, loca
     raw_get(net, net.url(net.redirector, f"/r2/leak/{name}"), [("Authorization", bearer())])
     raw_get(net, net.url(net.target, requested.format(n=name)), [("Authorization", bearer())])
     arrived = [r for r in net.target.requests if f"/{name}/" in r.path]
-    assert len(arrived) == 1 and arrived[0].header("authorization") == []
+    carried = bool(arrived[0].header("authorization")) if arrived else None  # a bool: a failure prints no value
+    assert len(arrived) == 1 and carried is False
     leaks = [r for r in net.records() if r["event"] == "leak" and f"/{name}/" in r["url"]]
     assert [(x["header"], x["action"]) for x in leaks] == [("authorization", "strip")]
     assert_no_leak(net.everything(), FORMS, "mitmdump output and hop log")
@@ -137,7 +138,8 @@ def test_requests_itself_re_quotes_and_leaks_a_custom_header(net, tmp_path):
                   net.proxy.url], clean_env(tmp_path / "home"), tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("200 ") and "/rt/real/~user/pkg" in result.stdout
     arrived = net.seen(net.target, "/rt/real/")
-    assert len(arrived) == 1 and arrived[0].header("x-api-key") == []
+    carried = bool(arrived[0].header("x-api-key")) if arrived else None
+    assert len(arrived) == 1 and carried is False
     assert any(r["event"] == "leak" and r["header"] == "x-api-key" for r in net.records())
 
 
@@ -203,7 +205,8 @@ def test_a_flooding_client_cannot_evict_a_victims_grant(net):
         hostile_site.stop()
     raw_get(net, net.url(net.index, "/r2/swap/later"), source="127.0.0.1")
     sent = [r.first_header("authorization") for r in net.seen(net.index, "/r2/swap/later")]
-    assert sent == ["Basic " + base64.b64encode(f"aws:{TOKEN}".encode()).decode()]
+    only_the_victims = sent == ["Basic " + base64.b64encode(f"aws:{TOKEN}".encode()).decode()]  # a bool: a failure prints no credential
+    assert only_the_victims
     assert any(r.get("why") == "swap-refused" for r in net.records())
 
 
@@ -236,7 +239,8 @@ def test_curl_following_a_300_gets_the_credential_from_credhop_only(net, tmp_pat
     assert result.returncode == 0
     followed = net.seen(net.index, "/r2/300/")
     assert len(followed) == 1
-    assert followed[0].first_header("authorization") == "Basic " + base64.b64encode(f"aws:{TOKEN}".encode()).decode()
+    injected = followed[0].first_header("authorization") == "Basic " + base64.b64encode(f"aws:{TOKEN}".encode()).decode()
+    assert injected
     assert any(r["event"] == "redirect" and r["status"] == 300 and r["action"] == "inject" for r in net.records())
 
 

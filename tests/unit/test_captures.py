@@ -20,10 +20,11 @@ from credhop.captures import read_har, sniff
 from credhop.cli import main
 from credhop.diagnosis import diagnose
 from credhop.replay import collect
-from credhop.signed import redact_signed_query, signed_url_kind
+from credhop.signed import signed_url_kind
+from credhop.urls import redact_params
 from tests.secrets_check import Secret, assert_no_leak, secret_forms
-from tests.unit.test_report_cli import GUARD, write_log
 from tests.unit.test_diagnosis import lost_observe
+from tests.unit.test_report_cli import GUARD, write_log
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = Secret("s3cr3t:T0KEN@/%z-value")
@@ -130,7 +131,8 @@ def test_flow_file_without_mitmproxy_is_one_line_with_the_install_hint(tmp_path)
 
 
 def test_flow_file_written_with_mitmproxy_is_replayed(tmp_path):
-    from mitmproxy import http, io as mitmio
+    from mitmproxy import http
+    from mitmproxy import io as mitmio
     from mitmproxy.test import tflow
 
     redirect = tflow.tflow(resp=True)
@@ -254,10 +256,10 @@ def test_signed_url_kind(url, kind):
 
 def test_signed_query_values_are_redacted_in_any_text():
     text = f"GET {SIGNED} and /login?next=https%3A%2F%2Fb%2Fk%3FX-Amz-Signature%3D{SIGNATURE}%26x%3D1"
-    clean = redact_signed_query(text)
+    clean = redact_params(text)
     assert_no_leak(clean, FORMS, "redacted text")
     assert "X-Amz-Signature=REDACTED" in clean and "X-Amz-Expires=300" in clean and "%26x%3D1" in clean
-    assert redact_signed_query(clean) == clean
+    assert redact_params(clean) == clean
 
 
 def signed_download(status: int, authorization: bool) -> dict[str, Any]:
@@ -296,6 +298,7 @@ def test_har_reader_ignores_what_it_cannot_use():
 
 def test_captures_imports_mitmproxy_only_to_read_flow_files():
     import ast
+
     import credhop.captures
 
     tree = ast.parse(Path(credhop.captures.__file__).read_text())
@@ -310,7 +313,8 @@ def test_captures_imports_mitmproxy_only_to_read_flow_files():
 def test_a_download_redirected_to_a_presigned_url_is_a_chain_of_its_own():
     """credhop injecting: the index page works, the wheel download (a later request with the injected
     credential) is redirected to object storage, which refuses the signature."""
-    from tests.unit.test_diagnosis import INJECTED, SIGNED as REDACTED_SIGNED, injected_ok
+    from tests.unit.test_diagnosis import INJECTED, injected_ok
+    from tests.unit.test_diagnosis import SIGNED as REDACTED_SIGNED
 
     log = injected_ok()
     wheel = log.records[-1]["url"]
@@ -328,7 +332,8 @@ def test_a_download_redirected_to_a_presigned_url_is_a_chain_of_its_own():
 
 
 def test_a_presigned_url_no_redirect_led_to_stays_where_it_is():
-    from tests.unit.test_diagnosis import SIGNED as REDACTED_SIGNED, injected_ok
+    from tests.unit.test_diagnosis import SIGNED as REDACTED_SIGNED
+    from tests.unit.test_diagnosis import injected_ok
 
     log = injected_ok()
     log.inject(1, REDACTED_SIGNED)  # credhop's own grant reused on a signed URL of the same origin
