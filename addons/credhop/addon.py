@@ -307,8 +307,10 @@ class CredHop:
         state = self._state(flow)
         if position:
             self._place(flow, position)
-        decision = decide_follow_up(FollowUp(origin, self._sent(flow, state),
-                                             frozenset(k.lower() for k in request.headers), position, held, watch))
+        # what the client sent is read only where it could be a leak: a download needs the names alone
+        sent = self._sent(flow, state) if position or watch else []
+        decision = decide_follow_up(FollowUp(origin, sent, frozenset(k.lower() for k in request.headers),
+                                             position, held, watch))
         if decision.leaks:
             assert decision.leak_at is not None
             if position is None:  # not the follow-up: another request to the origin the client was sent to
@@ -385,7 +387,7 @@ class CredHop:
         if not self.observe:
             state.body = apply_redirect(flow, decision, streamed, self.redactor)
         if decision.location:
-            await self._ask(self.pending.expect(client, normalize_url(decision.location.url), decision.location.origin,
+            await self._ask(self.pending.expect(client, decision.location.normalized, decision.location.origin,
                                                 next_position(redirect, position, decision, sent, state.stripped)),
                             None, "expect")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from .credentials import CredentialError, Fingerprinter
@@ -195,6 +196,7 @@ def decide_follow_up(request: FollowUp) -> FollowUpDecision:
     return FollowUpDecision(leaks, leak_action, leak_at, inject=held, reuse=reuse)
 
 
+@lru_cache(maxsize=4096)  # a proxy sees the same client addresses again and again
 def _ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(client.removeprefix("::ffff:"))

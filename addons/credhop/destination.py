@@ -94,8 +94,10 @@ async def verified_origin(transparent: bool, scheme: str, host: str, port: int, 
     agree) if the proxy resolves it to that address, else the address itself.
     """
     request_origin = Origin(scheme, host.lower(), port)
+    if not transparent:
+        return Verdict(request_origin, "request")
     address = ip(host)
-    if not transparent or address is None:
+    if address is None:
         return Verdict(request_origin, "request")
     if original is None or ip(str(original[0])) != address or int(original[1]) != port:
         return Verdict(request_origin, "address")  # sent elsewhere than the original destination

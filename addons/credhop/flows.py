@@ -151,6 +151,10 @@ def _stream_through(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
     assert response is not None
     if response.headers.get("content-length") == "0":
         return
+    if not response.stream:
+        # mitmproxy buffers this body (stream_large_bodies did not pick it): scrub it whole in
+        # `response`, which keeps its framing and costs less than streaming it through
+        return
     client_version = flow.request.http_version
     if client_version == "HTTP/1.0":  # no chunked framing: buffer, and scrub in `response`
         response.stream = False

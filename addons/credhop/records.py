@@ -7,7 +7,7 @@ written by version 1, which used the same words, read the same. No mitmproxy her
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -84,18 +84,24 @@ class Record:
     instance: str | None = None  # the proxy instance that wrote it (credhop_instance), for fleet logs
 
     event: Event = Event.ERROR  # overridden by each kind; a field so `as_dict` writes it
+    # as_dict's answer, made once: every sink reads the same record (read-only, like the record)
+    _dict: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON object: false flags and empty optional fields left out, `user` kept (null: a token)."""
+        """The JSON object: false flags and empty optional fields left out, `user` kept (null: a token).
+        Sinks share it: never change it."""
+        if self._dict is not None:
+            return self._dict
         out: dict[str, Any] = {}
         names = _NAMES.get(type(self))
         if names is None:
-            names = _NAMES[type(self)] = tuple(f.name for f in fields(self))
+            names = _NAMES[type(self)] = tuple(f.name for f in fields(self) if f.name != "_dict")
         for name in names:
             value = getattr(self, name)
             if value is None and name != "user" or value is False and name in _FLAGS:
                 continue
             out[name] = value
+        object.__setattr__(self, "_dict", out)
         return out
 
 

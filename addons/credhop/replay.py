@@ -122,7 +122,7 @@ class _Replay:
             self.redactor.remember(decision.location.credential.secret_forms())
         self.emit(redirect_record(self.base(ex, position), redirect, decision, sent, observe=True))
         if decision.location:
-            await self.pending.expect(link, normalize_url(decision.location.url), decision.location.origin,
+            await self.pending.expect(link, decision.location.normalized, decision.location.origin,
                                       next_position(redirect, position, decision, sent, frozenset()))
 
     def base(self, ex: Exchange, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
+from enum import Enum
 from typing import Iterable
 
 from .urls import redact_url
@@ -29,6 +30,8 @@ _AUTH_WORDS = ("basic", "bearer", "digest", "negotiate", "ntlm")
 _AUTHORITY_FORM = re.compile(r"(?<![\w/])([A-Z]{3,10} +)([^\s/@'\"]+)@(?=[^\s/@]+ +HTTP/)")
 MAX_REMEMBERED = 4096  # spellings of secrets masked in whatever passes the filter (about 700 credentials)
 FRESH_BATCH = 64
+MEMO_SIZE = 2048  # scrubbed short strings (methods, clients, rules, origins, user names) kept for reuse
+MEMO_LENGTH = 120  # longer text (most URLs) is rarely repeated
 
 
 def secret_header_names(extra: Iterable[str] = DEFAULT_SECRET_HEADERS) -> frozenset[str]:
@@ -54,6 +57,7 @@ class Redactor:
         self._known: OrderedDict[str, None] = OrderedDict()  # spellings of secrets seen, newest last
         self._known_re: re.Pattern[str] | None = None  # all of them but `_fresh`
         self._fresh: list[str] = []  # added since the pattern was compiled: replaced one by one
+        self._memo: dict[str, str] = {}  # see `_short`; emptied when a new secret is remembered
 
     def remember(self, forms: Iterable[str]) -> None:
         """Mask these spellings of a secret wherever they turn up, whatever surrounds them (a token
@@ -61,6 +65,7 @@ class Redactor:
         for form in forms:
             if form not in self._known:
                 self._fresh.append(form)
+                self._memo.clear()  # an answer made before may hold the new secret
             self._known[form] = None
             self._known.move_to_end(form)
         while len(self._known) > MAX_REMEMBERED:
@@ -98,6 +103,15 @@ class Redactor:
 
     def record(self, value: object) -> object:
         """A JSON-ready value with every string in it scrubbed."""
+        kind = type(value)
+        if kind is str:
+            return self._short(value)  # type: ignore[arg-type]
+        if kind in _PLAIN or isinstance(value, Enum):  # numbers, flags; codes credhop chose (records.Code)
+            return value
+        if kind is dict:
+            return {k: self.record(v) for k, v in value.items()}  # type: ignore[attr-defined]
+        if kind is list or kind is tuple:
+            return [self.record(v) for v in value]  # type: ignore[attr-defined]
         if isinstance(value, str):
             return self(value)
         if isinstance(value, dict):
@@ -105,6 +119,20 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.record(v) for v in value]
         return value
+
+    def _short(self, text: str) -> str:
+        """`self(text)`, remembered for short text: record fields repeat (a client, a rule, an origin)."""
+        if len(text) > MEMO_LENGTH:
+            return self(text)
+        clean = self._memo.get(text)
+        if clean is None:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            clean = self._memo[text] = self(text)
+        return clean
+
+
+_PLAIN = frozenset((int, float, bool, type(None)))
 
 
 scrub = Redactor()  # the default headers: for reports, which do not know the proxy's options

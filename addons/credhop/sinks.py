@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TextIO
 
 from .diagnosis import Chain, cannot_fail, diagnose
-from .records import SCHEMA, Action, Event, LeakRecord, Record, RedirectRecord, ResponseRecord
+from .records import SCHEMA, Action, Event, InjectRecord, LeakRecord, Record, RedirectRecord, ResponseRecord
 from .scrub import SCRUBBED_BY, Redactor, printable
 
 log = logging.getLogger("credhop")
@@ -62,7 +62,10 @@ class HopLogFile:
 
 
 def level_of(record: Record) -> int:
-    """How loud a record is in the event log: problems warn, credential hops inform, the rest is debug."""
+    """How loud a record is in the event log: problems warn, decisions on a credential hop inform,
+    carrying them out is debug. An injection follows from its redirect's line (one per hop, not
+    one per download); the hop log, counters and flow marks still have every one, and a chain that
+    fails gets its own warning."""
     if isinstance(record, LeakRecord) or record.event is Event.ERROR:
         return logging.WARNING
     if isinstance(record, RedirectRecord):
@@ -71,7 +74,9 @@ def level_of(record: Record) -> int:
         return logging.INFO
     if isinstance(record, ResponseRecord):
         return logging.DEBUG
-    return logging.INFO
+    if isinstance(record, InjectRecord) and record.action is Action.INJECT:
+        return logging.DEBUG
+    return logging.INFO  # an injection skipped, and why
 
 
 def event_line(record: dict[str, Any]) -> str:

@@ -96,13 +96,15 @@ class Location:
     credential: Credential | None
     stripped: str  # raw with only the userinfo removed
     base: str = ""  # the request URL the Location was resolved against
+    normalized: str = ""  # `normalize_url(url)`: how its follow-up is recognised
+    cut: tuple[int, int] | None = field(default=None, repr=False)  # `_userinfo_cut(raw, base)`
 
     @property
     def redacted(self) -> str:
         """The Location for logs: the userinfo a WHATWG parser reads is masked, however it is spelled."""
         if self.credential is None:
             return redact_url(self.raw)
-        cut = _userinfo_cut(self.raw, self.base)
+        cut = self.cut
         if cut:
             start, end = cut
             before, userinfo, after = self.raw[:start], self.raw[start:end], self.raw[end + 1 :]
@@ -114,13 +116,6 @@ class Location:
         return url.href
 
 
-def _origin(url: ada_url.URL) -> Origin:
-    scheme = url.protocol.rstrip(":")
-    host = url.hostname.strip("[]")
-    port = int(url.port) if url.port else DEFAULT_PORTS.get(scheme, 0)
-    return Origin(scheme, host, port)
-
-
 def _decode(part: str) -> str:
     try:
         return urllib.parse.unquote_to_bytes(part).decode("utf-8")
@@ -130,28 +125,39 @@ def _decode(part: str) -> str:
 
 def parse_location(raw: str, base: str) -> Location:
     """Resolve `raw` (a Location header value) against `base` (the request URL)."""
+    # one parse, each part read once: every read of an ada attribute crosses into C and copies
     try:
         url = ada_url.URL(raw, base)
     except ValueError:  # UnicodeEncodeError (lone surrogates: invalid UTF-8 on the wire) is one
         raise LocationError(f"unparseable Location {_shown(raw)!r}") from None
-    scheme = url.protocol.rstrip(":")
+    protocol = url.protocol
+    scheme = protocol.rstrip(":")
     if scheme not in DEFAULT_PORTS:
         raise LocationError(f"Location scheme {_shown(scheme)!r} is not http or https")
-    credential = None
-    if url.username or url.password:
-        credential = Credential(_decode(url.username), _decode(url.password))
+    credential = cut = None
+    stripped = raw
+    username, password = url.username, url.password
+    if username or password:
+        credential = Credential(_decode(username), _decode(password))
         url.username = ""
         url.password = ""
-    url.hash = ""
+        without_credentials = url.href
+        cut = _userinfo_cut(raw, base, without_credentials)
+        stripped = raw[: cut[0]] + raw[cut[1] + 1 :] if cut else without_credentials
+    if url.hash:
+        url.hash = ""
+    hostname, port, path = url.hostname, url.port, url.pathname + url.search
     return Location(
         raw=raw,
         url=url.href,
-        origin=_origin(url),
-        path=url.pathname + url.search,
+        origin=Origin(scheme, hostname.strip("[]"), int(port) if port else DEFAULT_PORTS[scheme]),
+        path=path,
         relative=not _SCHEME.match(_whatwg_input(raw)),
         credential=credential,
-        stripped=strip_userinfo(raw, base) if credential else raw,
+        stripped=stripped,
         base=base,
+        normalized=_normal_form(protocol, f"{hostname}:{port}" if port else hostname, path),
+        cut=cut,
     )
 
 
@@ -175,16 +181,18 @@ def _without_credentials(raw: str, base: str) -> str:
     return url.href
 
 
-def _userinfo_cut(raw: str, base: str) -> tuple[int, int] | None:
+def _userinfo_cut(raw: str, base: str, without_credentials: str | None = None) -> tuple[int, int] | None:
     """(start, end) of the userinfo text in `raw`, its "@" at `end`, if cutting `raw[start:end + 1]`
-    leaves exactly the URL a WHATWG parser reads from `raw`, minus the credentials."""
+    leaves exactly the URL a WHATWG parser reads from `raw`, minus the credentials
+    (`without_credentials`, when the caller has it)."""
     m = _AUTHORITY.match(raw)
     if not m or "@" not in m["authority"]:
         return None
     start = m.start("authority")
     end = start + m["authority"].rindex("@")
     try:
-        if ada_url.URL(raw[:start] + raw[end + 1 :], base).href == _without_credentials(raw, base):
+        expected = without_credentials if without_credentials is not None else _without_credentials(raw, base)
+        if ada_url.URL(raw[:start] + raw[end + 1 :], base).href == expected:
             return start, end
     except ValueError:
         pass
@@ -231,9 +239,14 @@ def normalize_url(url: str) -> str:
         parsed = ada_url.URL(url)
     except ValueError:
         return url
-    if parsed.protocol not in ("http:", "https:"):
+    protocol = parsed.protocol
+    if protocol not in ("http:", "https:"):
         return url
-    return f"{parsed.protocol}//{parsed.host}{_ESCAPE.sub(_one_escape, parsed.pathname + parsed.search)}"
+    return _normal_form(protocol, parsed.host, parsed.pathname + parsed.search)
+
+
+def _normal_form(protocol: str, host: str, path: str) -> str:
+    return f"{protocol}//{host}{_ESCAPE.sub(_one_escape, path) if '%' in path else path}"
 
 
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -351,6 +364,8 @@ def _same_host(theirs: str, ours: str) -> bool:
     theirs = theirs.strip("[]")
     if not theirs:
         return False
+    if theirs.rstrip(".") == ours.rstrip("."):  # the common case: both read the same ASCII name or address
+        return True
     try:  # IP literals: the same address however spelled ([::ffff:127.0.0.1] is [::ffff:7f00:1])
         return ipaddress.ip_address(theirs) == ipaddress.ip_address(ours)
     except ValueError:

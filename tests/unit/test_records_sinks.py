@@ -62,6 +62,11 @@ def test_hop_log_lines_are_scrubbed_with_the_configured_headers(tmp_path):
     (redirect(action=Action.INJECT, fingerprint="hm:1"), logging.INFO),
     (ResponseRecord(**BASE, status=200), logging.DEBUG),
     (ErrorRecord(**BASE, reason="refused"), logging.WARNING),
+    # carrying out a decision is debug (one line per download would flood the log); not doing it is news
+    (InjectRecord(**BASE, rule="r", header="Authorization", user="aws", fingerprint="hm:1",
+                  action=Action.INJECT), logging.DEBUG),
+    (InjectRecord(**BASE, rule="r", header="Authorization", user="aws", fingerprint="hm:1",
+                  action=Action.SKIP, why=Why.CLIENT_HEADER), logging.INFO),
 ])
 def test_event_log_levels(record, level):
     assert level_of(record) == level

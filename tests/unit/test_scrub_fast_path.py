@@ -26,3 +26,13 @@ def slow(redactor: Redactor, text: str) -> str:
 def test_the_shortcut_changes_nothing(text):
     for redactor in (Redactor(), Redactor(secret_header_names(["X-Custom-Secret", "Session"]))):
         assert redactor(text) == slow(redactor, text)
+
+
+def test_a_remembered_answer_is_dropped_when_a_new_secret_is_remembered():
+    # record fields are scrubbed once and remembered; a secret learnt later must still be masked
+    redactor = Redactor()
+    token = "tok_" + "q7" * 10
+    assert redactor.record({"user": token, "hop": 1}) == {"user": token, "hop": 1}
+    redactor.remember([token])
+    assert redactor.record({"user": token, "hop": 1}) == {"user": "***", "hop": 1}
+    assert redactor.record([f"see {token}", (token,)]) == ["see ***", ["***"]]
