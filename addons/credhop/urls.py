@@ -125,40 +125,76 @@ def _decode(part: str) -> str:
 
 def parse_location(raw: str, base: str) -> Location:
     """Resolve `raw` (a Location header value) against `base` (the request URL)."""
-    # one parse, each part read once: every read of an ada attribute crosses into C and copies
     try:
-        url = ada_url.URL(raw, base)
+        href = ada_url.URL(raw, base).href
     except ValueError:  # UnicodeEncodeError (lone surrogates: invalid UTF-8 on the wire) is one
         raise LocationError(f"unparseable Location {_shown(raw)!r}") from None
-    protocol = url.protocol
-    scheme = protocol.rstrip(":")
-    if scheme not in DEFAULT_PORTS:
-        raise LocationError(f"Location scheme {_shown(scheme)!r} is not http or https")
+    parts = _Href.split(href)
+    if parts.scheme not in DEFAULT_PORTS:
+        raise LocationError(f"Location scheme {_shown(parts.scheme)!r} is not http or https")
     credential = cut = None
     stripped = raw
-    username, password = url.username, url.password
-    if username or password:
-        credential = Credential(_decode(username), _decode(password))
-        url.username = ""
-        url.password = ""
-        without_credentials = url.href
+    if parts.username or parts.password:
+        credential = Credential(_decode(parts.username), _decode(parts.password))
+        without_credentials = parts.without_credentials + parts.fragment
         cut = _userinfo_cut(raw, base, without_credentials)
         stripped = raw[: cut[0]] + raw[cut[1] + 1 :] if cut else without_credentials
-    if url.hash:
-        url.hash = ""
-    hostname, port, path = url.hostname, url.port, url.pathname + url.search
     return Location(
         raw=raw,
-        url=url.href,
-        origin=Origin(scheme, hostname.strip("[]"), int(port) if port else DEFAULT_PORTS[scheme]),
-        path=path,
+        url=parts.without_credentials,
+        origin=parts.origin(),
+        path=parts.path,
         relative=not _SCHEME.match(_whatwg_input(raw)),
         credential=credential,
         stripped=stripped,
         base=base,
-        normalized=_normal_form(protocol, f"{hostname}:{port}" if port else hostname, path),
+        normalized=_normal_form(parts.scheme, parts.host, parts.path),
         cut=cut,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Href:
+    """The parts of an http(s) URL as a WHATWG parser serializes it (ada's `href`).
+
+    Reading them from the serialization costs one call into ada instead of one per part, and is
+    exact: a serialized http(s) URL always has "//", a host, and a path starting with "/"; its
+    userinfo has every "@", ":" and "/" percent-encoded but the separators; its host holds none.
+    """
+
+    scheme: str
+    username: str = field(repr=False)
+    password: str = field(repr=False)
+    host: str  # with ":port" unless the port is the scheme's default; IPv6 in brackets
+    tail: str  # path and query as serialized ("/a?" keeps its empty query)
+    fragment: str  # "#…" as serialized, or ""
+
+    @classmethod
+    def split(cls, href: str) -> _Href:
+        scheme, sep, rest = href.partition("://")
+        if not sep or scheme not in DEFAULT_PORTS:
+            return cls(scheme if sep else href.partition(":")[0], "", "", "", "", "")
+        slash = rest.find("/")
+        authority, tail = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+        userinfo, at, host = authority.rpartition("@")
+        username, _, password = userinfo.partition(":") if at else ("", "", "")
+        tail, hash_, fragment = tail.partition("#")
+        return cls(scheme, username, password, host, tail, hash_ + fragment)
+
+    @property
+    def path(self) -> str:
+        """pathname + search, as the WHATWG getters give them (an empty query is no search)."""
+        return self.tail[:-1] if self.tail.find("?") == len(self.tail) - 1 else self.tail
+
+    @property
+    def without_credentials(self) -> str:  # and without the fragment
+        return f"{self.scheme}://{self.host}{self.tail}"
+
+    def origin(self) -> Origin:
+        host, port = self.host, ""
+        if not host.endswith("]"):
+            host, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        return Origin(self.scheme, host.strip("[]"), int(port) if port else DEFAULT_PORTS[self.scheme])
 
 
 def strip_userinfo(raw: str, base: str) -> str:
@@ -236,17 +272,16 @@ def normalize_url(url: str) -> str:
     percent-escape of a printable character decoded and the rest upper-cased, so `%7Euser`,
     `%7euser` and `~user` are one URL (requests and urllib3 re-quote paths)."""
     try:
-        parsed = ada_url.URL(url)
+        parts = _Href.split(ada_url.URL(url).href)
     except ValueError:
         return url
-    protocol = parsed.protocol
-    if protocol not in ("http:", "https:"):
+    if parts.scheme not in DEFAULT_PORTS:
         return url
-    return _normal_form(protocol, parsed.host, parsed.pathname + parsed.search)
+    return _normal_form(parts.scheme, parts.host, parts.path)
 
 
-def _normal_form(protocol: str, host: str, path: str) -> str:
-    return f"{protocol}//{host}{_ESCAPE.sub(_one_escape, path) if '%' in path else path}"
+def _normal_form(scheme: str, host: str, path: str) -> str:
+    return f"{scheme}://{host}{_ESCAPE.sub(_one_escape, path) if '%' in path else path}"
 
 
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")

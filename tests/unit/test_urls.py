@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import ada_url
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from credhop.urls import (
     LocationError,
@@ -141,3 +144,32 @@ def test_a_user_name_that_spells_the_password_is_masked_too():
     assert "Secret2" not in loc.redacted and loc.credential.display_user is None
     assert redact_url("https://tok3n:tok3n@h/") == "https://***@h/"
     assert redact_url("https://aws:tok3n@h/") == "https://aws:***@h/"
+
+
+_URL_PIECES = ["http", "https", "HTTPS", "ftp", ":", "//", "/", "\\", "@", "a", "b", "user", "p%40ss", "%3A", ":", "[::1]",
+               "[::ffff:127.0.0.1]", "127.0.0.1", "0x7f.1", "xn--nxasmq6b", "例え", "host.example", ":443", ":8080",
+               ":80", "?", "#", "q=1", "&", "..", ".", " ", "\t", "%2F", "~", "ß"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_URL_PIECES), min_size=1, max_size=12).map("".join),
+       st.sampled_from(["https://base.example/dir/page", "http://10.0.0.1:8080/a/b?c#d"]))
+def test_the_parts_read_from_an_href_are_adas_own(raw, base):
+    # parse_location reads one href and splits it as text: each part must be what ada says it is
+    from credhop.urls import _Href
+
+    try:
+        url = ada_url.URL(raw, base)
+    except ValueError:
+        return
+    parts = _Href.split(url.href)
+    assert parts.scheme == url.protocol[:-1]
+    if parts.scheme not in ("http", "https"):
+        return
+    assert (parts.username, parts.password, parts.host) == (url.username, url.password, url.host)
+    assert (parts.path, parts.fragment or "#") == (url.pathname + url.search, url.hash or "#")
+    userinfo = f"{url.username}:{url.password}@" if url.password else f"{url.username}@" if url.username else ""
+    assert f"{parts.scheme}://{userinfo}{parts.host}{parts.tail}{parts.fragment}" == url.href
+    origin = parts.origin()
+    assert origin.host == url.hostname.strip("[]")
+    assert origin.port == (int(url.port) if url.port else {"http": 80, "https": 443}[parts.scheme])
