@@ -9,10 +9,12 @@ origin cannot both win.
 from __future__ import annotations
 
 import heapq
+import math
+import struct
 import time
-from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Generic, Protocol, TypeVar
 
 from .records import Why
 from .urls import Origin
@@ -65,9 +67,13 @@ class CredentialStore(Protocol):
 
 
 class MemoryStore:
-    """Grants by client, then origin. Expired grants are dropped as time passes (a heap of expiry
-    times), and when full the client holding the most loses its least recently used grant, so one
-    client flooding the proxy with redirects evicts only its own."""
+    """Grants by client, then origin, packed small: a million fit in well under 300 MB.
+
+    `get` never answers with an expired grant; it is dropped within a second of its expiry (buckets of
+    one second, due times in a heap), so the count goes down as time passes. When full, the client
+    holding the most loses its least recently used grant, so one client flooding the proxy with
+    redirects evicts only its own.
+    """
 
     in_process = True  # never awaits anything: no deadline needed
 
@@ -78,9 +84,13 @@ class MemoryStore:
         self.max_entries = max_entries
         self.max_per_client = max(1, max_per_client or min(max_entries, 1_000))
         self.clock = clock
-        self._clients: dict[str, OrderedDict[Origin, Grant]] = {}
-        self._expiry: list[tuple[float, int, str, Origin]] = []  # may hold stale entries; checked on pop
-        self._seq = 0  # orders equal expiry times without comparing origins
+        # least recently used first; plain dicts keep order and cost a third of an OrderedDict
+        self._clients: dict[str, dict[Origin, bytes]] = {}
+        self._origins: _Shared[Origin] = _Shared()  # many clients, few registries: each origin once
+        self._terms: _Shared[tuple[Origin, str, str, str | None, bool]] = _Shared()  # issuer, header, rule, user, override
+        # whole second -> the grants due then, as client, origin, client, origin … (some stale)
+        self._due: dict[int, list[str | Origin]] = {}
+        self._due_heap: list[int] = []
         self._count = 0
         self.evicted = 0
         self.expired = 0
@@ -88,8 +98,10 @@ class MemoryStore:
     def refusal(self, grant: Grant) -> Refusal | None:
         """Why `grant` would be refused, without storing it (a shared store checks its local copy first)."""
         self._expire()
-        held = self._clients.get(grant.client, {}).get(grant.origin)
-        if held and held.issuer != grant.issuer and held.fingerprint != grant.fingerprint:
+        packed = self._clients.get(grant.client, {}).get(grant.origin)
+        held = self._unpack(grant.client, grant.origin, packed) if packed else None
+        if held and held.expires > self.clock() and held.issuer != grant.issuer \
+                and held.fingerprint != grant.fingerprint:
             return Refusal(Why.SWAP_REFUSED,
                            f"{grant.origin} already holds a live credential handed out by {held.issuer}")
         return None
@@ -98,16 +110,23 @@ class MemoryStore:
         refusal = self.refusal(grant)
         if refusal:
             return refusal
-        grants = self._clients.setdefault(grant.client, OrderedDict())
-        held = grants.get(grant.origin)
-        if held is None:
-            self._count += 1
-        grants.pop(grant.origin, None)
-        grants[grant.origin] = grant
-        self._seq += 1
-        heapq.heappush(self._expiry, (grant.expires, self._seq, grant.client, grant.origin))
+        client = grant.client
+        grants = self._clients.setdefault(client, {})
+        if grant.origin in grants:
+            self._drop(client, grant.origin)
+            grants = self._clients.setdefault(client, {})
+        origin = self._origins.get(self._origins.add(grant.origin))
+        terms = self._terms.add((grant.issuer, grant.header, grant.rule, grant.user, grant.override))
+        grants[origin] = _pack(grant, terms)
+        self._count += 1
+        due = math.ceil(grant.expires)
+        bucket = self._due.get(due)
+        if bucket is None:
+            bucket = self._due[due] = []
+            heapq.heappush(self._due_heap, due)
+        bucket += (client, origin)
         while len(grants) > self.max_per_client:
-            self._drop(grant.client, next(iter(grants)))
+            self._drop(client, next(iter(grants)))
             self.evicted += 1
         while self._count > self.max_entries:
             fullest = max(self._clients, key=lambda c: len(self._clients[c]))
@@ -116,43 +135,123 @@ class MemoryStore:
         return None
 
     async def get(self, client: str, origin: Origin) -> Grant | None:
-        self._expire()
         grants = self._clients.get(client)
-        grant = grants.get(origin) if grants else None
-        if grant is not None:
-            grants.move_to_end(origin)  # type: ignore[union-attr]
+        packed = grants.get(origin) if grants else None
+        if packed is None:
+            return None
+        grant = self._unpack(client, origin, packed)
+        if grant.expires <= self.clock():
+            self._expire()
+            return None
+        del grants[origin]  # type: ignore[union-attr]
+        grants[origin] = packed  # type: ignore[index]  # most recently used last
         return grant
 
     def may_hold(self, client: str) -> bool:
-        if self._expiry and self._expiry[0][0] <= self.clock():
+        if self._due_heap and self._due_heap[0] <= self.clock():
             self._expire()
         return client in self._clients
 
     def _expire(self) -> None:
         now = self.clock()
-        while self._expiry and self._expiry[0][0] <= now:
-            _, _, client, origin = heapq.heappop(self._expiry)
-            grant = self._clients.get(client, {}).get(origin)
-            if grant is not None and grant.expires <= now:
-                self._drop(client, origin)
-                self.expired += 1
-        if len(self._expiry) > 4 * self._count + 64:  # replaced grants leave stale heap entries
-            self._expiry = [(g.expires, i, c, o) for i, (c, o, g) in enumerate(
-                (c, o, g) for c, gs in self._clients.items() for o, g in gs.items())]
-            heapq.heapify(self._expiry)
+        while self._due_heap and self._due_heap[0] <= now:
+            bucket = self._due.pop(heapq.heappop(self._due_heap))
+            for client, origin in zip(bucket[::2], bucket[1::2]):
+                packed = self._clients.get(client, {}).get(origin)  # type: ignore[call-overload]
+                # a grant replaced or evicted since leaves its entry here: only a grant that is due goes
+                if packed is not None and _expires(packed) <= now:
+                    self._drop(client, origin)  # type: ignore[arg-type]
+                    self.expired += 1
 
     def _drop(self, client: str, origin: Origin) -> None:
         grants = self._clients[client]
-        del grants[origin]
+        packed = grants.pop(origin)
+        self._origins.release(self._origins.number(origin))
+        self._terms.release(_terms_of(packed))
         self._count -= 1
         if not grants:
             del self._clients[client]
 
+    def _unpack(self, client: str, origin: Origin, packed: bytes) -> Grant:
+        expires, terms, hop, fp_len, chain_len = _HEAD.unpack_from(packed)
+        issuer, header, rule, user, override = self._terms.get(terms)
+        text = packed[_HEAD.size:].decode("utf-8", "surrogatepass")
+        value_end = len(text) - fp_len - chain_len
+        return Grant(client, origin, issuer, header, text[:value_end], rule, user,
+                     text[value_end:value_end + fp_len], expires, override, text[value_end + fp_len:], hop)
+
     def clear(self) -> None:
         self._clients.clear()
-        self._expiry.clear()
+        self._origins, self._terms = _Shared(), _Shared()
+        self._due.clear()
+        self._due_heap.clear()
         self._count = 0
 
     def __len__(self) -> int:
         self._expire()
         return self._count
+
+
+# A held grant in one bytes object (no per-object overhead for its parts): expiry, the number of
+# its shared terms, hop, the lengths of fingerprint and chain id, then value + fingerprint + chain
+# as UTF-8 (surrogatepass: mitmproxy hands undecodable header bytes over as lone surrogates).
+_HEAD = struct.Struct("<dIIHH")
+
+
+def _pack(grant: Grant, terms: int) -> bytes:
+    return _HEAD.pack(grant.expires, terms, grant.hop, len(grant.fingerprint), len(grant.chain)) + (
+        grant.value + grant.fingerprint + grant.chain).encode("utf-8", "surrogatepass")
+
+
+def _expires(packed: bytes) -> float:
+    return _HEAD.unpack_from(packed)[0]  # type: ignore[no-any-return]
+
+
+def _terms_of(packed: bytes) -> int:
+    return _HEAD.unpack_from(packed)[1]  # type: ignore[no-any-return]
+
+
+H = TypeVar("H", bound=Hashable)
+
+
+class _Shared(Generic[H]):
+    """Equal values kept once, by number, with a count of the grants using each; a value goes
+    when its count reaches zero, so what a hostile client makes up cannot pile up."""
+
+    def __init__(self) -> None:
+        self._numbers: dict[H, int] = {}
+        self._values: list[H | None] = []
+        self._uses: list[int] = []
+        self._free: list[int] = []
+
+    def add(self, value: H) -> int:
+        number = self._numbers.get(value)
+        if number is None:
+            if self._free:
+                number = self._free.pop()
+                self._values[number] = value
+            else:
+                number = len(self._values)
+                self._values.append(value)
+                self._uses.append(0)
+            self._numbers[value] = number
+        self._uses[number] += 1
+        return number
+
+    def get(self, number: int) -> H:
+        value = self._values[number]
+        assert value is not None
+        return value
+
+    def number(self, value: H) -> int:
+        return self._numbers[value]
+
+    def release(self, number: int) -> None:
+        self._uses[number] -= 1
+        if not self._uses[number]:
+            del self._numbers[self._values[number]]  # type: ignore[index]
+            self._values[number] = None
+            self._free.append(number)
+
+    def __len__(self) -> int:
+        return len(self._numbers)

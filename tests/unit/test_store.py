@@ -81,3 +81,23 @@ def test_store_is_bounded_and_the_fullest_client_pays():
     # the victim's grant still refuses the attacker's credential for the victim's registry
     refusal = run(store.grant(grant(client="victim", issuer=Origin("https", "x.example", 443), fingerprint="hm:x")))
     assert refusal is not None
+
+
+def test_a_grant_comes_back_exactly_as_it_went_in():
+    # grants are held packed (one bytes object each): every field must survive, odd text included
+    store = MemoryStore(clock=Clock(0))
+    g = Grant("10.0.0.1", Origin("https", "[::1]", 8443), REDIRECTOR, "X-Token", "tök\udcff€ value", "rule ü",
+              None, "hm:ü", 1234.5678, True, "chain-ü", 70000)
+    run(store.grant(g))
+    assert run(store.get("10.0.0.1", Origin("https", "[::1]", 8443))) == g
+
+
+def test_shared_parts_go_when_their_last_grant_goes():
+    clock = Clock(0)
+    store = MemoryStore(max_entries=10, max_per_client=2, clock=clock)
+    for i in range(200):  # each with its own issuer and origin, as a hostile redirector could make
+        run(store.grant(grant(client=f"10.0.{i % 7}.1", origin=Origin("https", f"h{i}.example", 443),
+                              issuer=Origin("https", f"i{i}.example", 443), expires=10)))
+    assert len(store) == 10 and len(store._origins) == 10 and len(store._terms) == 10
+    clock.now = 11
+    assert len(store) == 0 and len(store._origins) == 0 and len(store._terms) == 0
