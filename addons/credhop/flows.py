@@ -151,9 +151,11 @@ def _stream_through(flow: http.HTTPFlow, rewriter: Scrubber) -> None:
     assert response is not None
     if response.headers.get("content-length") == "0":
         return
-    if not response.stream:
-        # mitmproxy buffers this body (stream_large_bodies did not pick it): scrub it whole in
-        # `response`, which keeps its framing and costs less than streaming it through
+    if not response.stream and response.headers.get("content-length", "").isdigit():
+        # mitmproxy buffers a body of known length it did not choose to stream (it decides before
+        # this hook, and for good): scrub it whole in `response`, which keeps its framing and costs
+        # less than streaming it through. A body of unknown length is streamed through the scrubber
+        # from the start, because mitmproxy may switch it to streaming halfway (stream_large_bodies).
         return
     client_version = flow.request.http_version
     if client_version == "HTTP/1.0":  # no chunked framing: buffer, and scrub in `response`

@@ -102,6 +102,19 @@ def test_secret_in_the_redirect_body_is_scrubbed_too(hop):
     assert "transfer-encoding" not in f.response.headers
 
 
+def test_a_body_of_unknown_length_is_streamed_through_the_scrubber_from_the_start(hop):
+    # mitmproxy may switch such a body to streaming halfway (stream_large_bodies): it must already
+    # go through the scrubber then, not pass raw
+    f = redirect(f"https://aws:{ENCODED}@registry.example/s/")
+    f.response.headers.pop("content-length", None)
+    f.response.headers["transfer-encoding"] = "chunked"
+    hop.responseheaders(f)
+    assert callable(f.response.stream)
+    out = b"".join(c for data in (f"see https://aws:{ENCODED}@registry.example/s/".encode(), b"")
+                   for c in f.response.stream(data))
+    assert out == b"see https://registry.example/s/"
+
+
 def test_block_replaces_a_body_even_when_streamed(hop):
     f = redirect(f"https://aws:{ENCODED}@blocked.example/s/")
     f.response.stream = True  # as stream_large_bodies would
