@@ -27,7 +27,7 @@ from mitmproxy.proxy import mode_specs
 from . import exposure
 from .backends import make_metrics, make_stores
 from .bodies import Replacer, Scrubber
-from .credentials import Fingerprinter, credential_from_header
+from .credentials import Fingerprinter
 from .decide import (
     REDIRECTS,
     FollowUp,
@@ -52,7 +52,7 @@ from .flows import (
     remember_destination,
     url_of,
 )
-from .leaks import SentSecret, secrets_sent
+from .leaks import Injected, SentSecret, as_injected, secrets_sent
 from .options import declare, deferred_problem, fingerprint_key
 from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
 from .records import (
@@ -76,6 +76,7 @@ log = logging.getLogger("credhop")
 META = "credhop"  # flow.metadata key: {"chain", "hop"}, plain values so saved flows stay writable
 RELOAD_INTERVAL = 1.0
 MAX_LIVE_FLOWS = 10_000
+MAX_INJECTED = 1_024  # held credentials whose injected form is remembered
 STORE_DEADLINE = 0.5  # seconds: mitmproxy runs no timeout while a hook awaits
 INTERNAL_ERROR = b"credhop: this request was stopped because credhop failed to decide about it; see the proxy log\n"
 T = TypeVar("T")
@@ -89,7 +90,7 @@ class FlowState:
     reuse: bool = False  # not a follow-up: a later request that got a held credential (a download)
     sent: list[SentSecret] | None = None  # secrets the request carries
     stripped: frozenset[str] = frozenset()  # fingerprints of leaked secrets credhop removed
-    injected: tuple[str, str] | None = None  # (header, fingerprint of its value) credhop added
+    injected: Injected | None = None  # the header credhop added
     body: Scrubber | Replacer | None = None  # rewrites the 3xx body (see bodies.py)
     redirect_seen: bool = False  # the 3xx went through responseheaders
 
@@ -113,6 +114,8 @@ class CredHop:
         self.secret_headers = secret_header_names()
         self.resolver = Resolver()  # transparent mode: names the client gave, checked on the proxy
         self._flows: OrderedDict[str, FlowState] = OrderedDict()
+        # how each held credential reads once injected, so a download does not fingerprint it again
+        self._injected: dict[tuple[str, str], Injected] = {}
         self._rules_stamp: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._running = False
@@ -185,6 +188,8 @@ class CredHop:
                     hoplog.close()
                 raise
 
+        if fingerprint is not self.fingerprint:
+            self._injected.clear()
         self.ttl, self.observe, self.secret_headers, self.fingerprint = ttl, observe, headers, fingerprint
         self.client_id = opts.credhop_client_id
         self.instance = opts.credhop_instance or f"{socket.gethostname()}:{getattr(opts, 'listen_port', None) or 8080}"
@@ -356,7 +361,13 @@ class CredHop:
     def _inject(self, flow: http.HTTPFlow, state: FlowState, grant: Grant) -> None:
         assert self.fingerprint is not None
         add_header(flow.request, grant)
-        state.injected = (grant.header.lower(), self.fingerprint(credential_from_header(grant.header, grant.value)[1]))
+        key = (grant.header, grant.value)
+        injected = self._injected.get(key)
+        if injected is None:
+            if len(self._injected) >= MAX_INJECTED:
+                self._injected.clear()
+            injected = self._injected[key] = as_injected(grant.header, grant.value, self.fingerprint)
+        state.injected = injected
         state.sent = None
 
     async def _redirect(self, flow: http.HTTPFlow, streamed: bool) -> None:

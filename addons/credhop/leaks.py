@@ -8,7 +8,7 @@ handed out for the new origin is not a leak.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .credentials import Fingerprinter, credential_from_header
@@ -36,18 +36,33 @@ class Leak:
     kind: LeakKind
 
 
+@dataclass(frozen=True, slots=True)
+class Injected:
+    """A header credhop added, and how it reads as a sent secret (worked out once per grant)."""
+
+    value: str = field(repr=False)
+    secret: SentSecret
+
+
 def secrets_sent(headers: Iterable[tuple[str, str]], names: frozenset[str], fingerprint: Fingerprinter,
-                 injected: tuple[str, str] | None = None) -> list[SentSecret]:
-    """Every secret-bearing header; `injected` is (header, value fingerprint) of credhop's own."""
+                 injected: Injected | None = None) -> list[SentSecret]:
+    """Every secret-bearing header; `injected` is credhop's own."""
     out = []
     for name, value in headers:
         lname = name.lower()
         if lname not in names:
             continue
+        if injected is not None and lname == injected.secret.header and value == injected.value:
+            out.append(injected.secret)
+            continue
         scheme, credential = credential_from_header(lname, value)
-        fp = fingerprint(credential)
-        out.append(SentSecret(lname, scheme, fp, injected is not None and injected == (lname, fp)))
+        out.append(SentSecret(lname, scheme, fingerprint(credential), False))
     return out
+
+
+def as_injected(header: str, value: str, fingerprint: Fingerprinter) -> Injected:
+    scheme, credential = credential_from_header(header, value)
+    return Injected(value, SentSecret(header.lower(), scheme, fingerprint(credential), True))
 
 
 def leak_kind(came_from: Origin, origin: Origin) -> LeakKind:
