@@ -541,8 +541,11 @@ class CredHop:
         try:
             self._use_rules(*self._read_rules(ctx.options.credhop_rules))
         except RulesError as e:
-            self.counters.add("rules_reload_failed")
-            log.error("credhop: rules not reloaded, keeping the previous %d rule(s): %s", len(self.rules.rules), e)
+            self._reload_failed(e)
+
+    def _reload_failed(self, error: RulesError) -> None:
+        self.counters.add("rules_reload_failed")
+        log.error("credhop: rules not reloaded, keeping the previous %d rule(s): %s", len(self.rules.rules), error)
 
     @command.command("credhop.report")
     def report(self) -> str:
@@ -577,12 +580,20 @@ class CredHop:
             await asyncio.sleep(RELOAD_INTERVAL)
             self._refresh_metrics()
             path = ctx.options.credhop_rules
-            if path and _stamp(path) != self._rules_stamp:
+            stamp = _stamp(path) if path else None
+            if path and stamp != self._rules_stamp:
                 try:
-                    self.reload()
+                    # in a thread: 10,000 rules take a second or more to read, and the event loop
+                    # carries every flow meanwhile
+                    read = await asyncio.to_thread(self._read_rules, path)
+                    if path == ctx.options.credhop_rules:  # not replaced by `--set` while it was read
+                        self._use_rules(*read)  # with the stamp read before the file: a later edit is seen
+                    continue
+                except RulesError as e:
+                    self._reload_failed(e)
                 except Exception:  # never let the watcher die: reloads would stop silently
                     log.error("credhop: unexpected error reloading %s; keeping the previous rules", path)
-                self._rules_stamp = _stamp(path)  # a broken file is reported once per edit
+                self._rules_stamp = stamp  # a broken file is reported once per edit
 
     @staticmethod
     def _open_hoplog(path: str, redactor: Redactor) -> HopLogFile | None:

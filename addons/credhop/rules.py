@@ -208,6 +208,10 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(_normal_glob(pattern)), re.IGNORECASE)
 
 
+# libyaml when PyYAML has it: ten times faster on big rule files, the same nodes and marks
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_rules(path: str | Path) -> RuleSet:
     path = Path(path)
     try:
@@ -234,7 +238,7 @@ class _Parser:
 
     def document(self, text: str) -> RuleSet:
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            root = yaml.compose(text, Loader=_LOADER)
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
