@@ -242,7 +242,10 @@ class _Parser:
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            raise RulesError(self.source, line, column, "yaml", str(e.problem)) from None
+            problem = str(e.problem)
+            if "nesting depth" in problem:  # libyaml's limit; the pure-Python parser recurses instead
+                problem = "nested too deeply"
+            raise RulesError(self.source, line, column, "yaml", problem) from None
         except yaml.YAMLError as e:
             raise self.fail(None, "yaml", str(e)) from None
         except RecursionError:  # PyYAML's parser recurses once per nesting level

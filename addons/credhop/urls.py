@@ -171,9 +171,10 @@ class _Href:
 
     @classmethod
     def split(cls, href: str) -> _Href:
-        scheme, sep, rest = href.partition("://")
-        if not sep or scheme not in DEFAULT_PORTS:
-            return cls(scheme if sep else href.partition(":")[0], "", "", "", "", "")
+        scheme = href.partition(":")[0]  # a serialized scheme holds no ":"
+        if scheme not in DEFAULT_PORTS:
+            return cls(scheme, "", "", "", "", "")
+        rest = href[len(scheme) + 3 :]  # after "://"
         slash = rest.find("/")
         authority, tail = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
         userinfo, at, host = authority.rpartition("@")

@@ -173,3 +173,9 @@ def test_the_parts_read_from_an_href_are_adas_own(raw, base):
     origin = parts.origin()
     assert origin.host == url.hostname.strip("[]")
     assert origin.port == (int(url.port) if url.port else {"http": 80, "https": 443}[parts.scheme])
+
+
+@pytest.mark.parametrize("raw", ["httphttp:443://", "mailto:a@b.example", "javascript:alert(1)//https://x/"])
+def test_a_location_of_another_scheme_is_refused_by_its_scheme(raw):
+    with pytest.raises(LocationError, match=f"scheme '{raw.partition(':')[0]}' is not http or https"):
+        parse_location(raw, "https://redirector.example/")
