@@ -95,3 +95,35 @@ def test_secret_headers_from_the_option_are_scrubbed_everywhere(hop, caplog):
     send(hop, "https://cdn.example/x", headers=[("X-JFrog-Art-Api", "AKCp8jfrogsecretvalue")])
     assert [r["header"] for r in hop.records() if r["event"] == "leak"] == ["x-jfrog-art-api"]
     assert "AKCp8jfrog" not in hop.log.read_text() + caplog.text
+
+
+def test_the_watcher_reads_a_changed_rules_file_off_the_event_loop(hop, monkeypatch):
+    # a file of 10,000 rules takes a second or more to read; the event loop carries every flow meanwhile
+    import asyncio
+    import time
+
+    from credhop import addon as addon_module
+
+    read = addon_module.load_rules
+
+    def slow_read(path):
+        time.sleep(0.5)
+        return read(path)
+
+    monkeypatch.setattr(addon_module, "load_rules", slow_read)
+    monkeypatch.setattr(addon_module, "RELOAD_INTERVAL", 0.01)
+    hop.rules.write_text("rules:\n  - name: only\n    action: strip\n")
+    os.utime(hop.rules, ns=(0, 10**9))  # a stamp of its own, whatever the file system's resolution
+
+    async def main():
+        watcher = asyncio.ensure_future(hop.addon._watch_rules())
+        ticks, start = 0, time.monotonic()
+        while len(hop.addon.rules.rules) != 1 and time.monotonic() - start < 5:
+            await asyncio.sleep(0.01)
+            ticks += 1
+        watcher.cancel()
+        return ticks
+
+    ticks = asyncio.run(main())
+    assert len(hop.addon.rules.rules) == 1 and hop.addon.rules.rules[0].name == "only"
+    assert ticks >= 20  # the loop went on while the file was read (about 50 ticks of 10 ms)
