@@ -103,17 +103,10 @@ class Redactor:
 
     def record(self, value: object) -> object:
         """A JSON-ready value with every string in it scrubbed."""
-        kind = type(value)
-        if kind is str:
-            return self._short(value)  # type: ignore[arg-type]
-        if kind in _PLAIN or isinstance(value, Enum):  # numbers, flags; codes credhop chose (records.Code)
+        if type(value) in _PLAIN or isinstance(value, Enum):  # numbers, flags; codes credhop chose (records.Code)
             return value
-        if kind is dict:
-            return {k: self.record(v) for k, v in value.items()}  # type: ignore[attr-defined]
-        if kind is list or kind is tuple:
-            return [self.record(v) for v in value]  # type: ignore[attr-defined]
         if isinstance(value, str):
-            return self(value)
+            return self._short(value)
         if isinstance(value, dict):
             return {k: self.record(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
