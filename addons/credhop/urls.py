@@ -136,6 +136,8 @@ def parse_location(raw: str, base: str) -> Location:
     stripped = raw
     if parts.username or parts.password:
         credential = Credential(_decode(parts.username), _decode(parts.password))
+        # only the userinfo goes, so the client sees its Location unchanged otherwise; when the text
+        # cut would read as another URL, the parser's own serialization without credentials instead
         without_credentials = parts.without_credentials + parts.fragment
         cut = _userinfo_cut(raw, base, without_credentials)
         stripped = raw[: cut[0]] + raw[cut[1] + 1 :] if cut else without_credentials
@@ -198,38 +200,17 @@ class _Href:
         return Origin(self.scheme, host.strip("[]"), int(port) if port else DEFAULT_PORTS[self.scheme])
 
 
-def strip_userinfo(raw: str, base: str) -> str:
-    """Remove the userinfo from `raw` and nothing else.
-
-    The cut is textual so the client sees its Location unchanged otherwise; if
-    a WHATWG parser would read the cut text as a different URL, fall back to the
-    parser's own serialization without credentials.
-    """
-    cut = _userinfo_cut(raw, base)
-    if cut:
-        return raw[: cut[0]] + raw[cut[1] + 1 :]
-    return _without_credentials(raw, base)
-
-
-def _without_credentials(raw: str, base: str) -> str:
-    url = ada_url.URL(raw, base)
-    url.username = ""
-    url.password = ""
-    return url.href
-
-
-def _userinfo_cut(raw: str, base: str, without_credentials: str | None = None) -> tuple[int, int] | None:
+def _userinfo_cut(raw: str, base: str, without_credentials: str) -> tuple[int, int] | None:
     """(start, end) of the userinfo text in `raw`, its "@" at `end`, if cutting `raw[start:end + 1]`
-    leaves exactly the URL a WHATWG parser reads from `raw`, minus the credentials
-    (`without_credentials`, when the caller has it)."""
+    leaves exactly the URL a WHATWG parser reads from `raw` minus the credentials (the parser's
+    own serialization of that, `without_credentials`)."""
     m = _AUTHORITY.match(raw)
     if not m or "@" not in m["authority"]:
         return None
     start = m.start("authority")
     end = start + m["authority"].rindex("@")
     try:
-        expected = without_credentials if without_credentials is not None else _without_credentials(raw, base)
-        if ada_url.URL(raw[:start] + raw[end + 1 :], base).href == expected:
+        if ada_url.URL(raw[:start] + raw[end + 1 :], base).href == without_credentials:
             return start, end
     except ValueError:
         pass
