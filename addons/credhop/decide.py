@@ -85,12 +85,11 @@ def decide_redirect(redirect: Redirect, rules: RuleSet, fingerprint: Fingerprint
     fp = fingerprint(credential)
     if rule is None:
         return RedirectDecision(Action.KEEP, Why.NO_RULE, "no rule matched", location, None, fp)
-    decision = RedirectDecision(rule.action, location=location, rule=rule, fingerprint=fp)
     if rule.action is not Action.INJECT:
-        return decision
+        return RedirectDecision(rule.action, location=location, rule=rule, fingerprint=fp)
     refusal = _inject_refusal(rule, location)
     if refusal:
-        return decision.refused(refusal)
+        return RedirectDecision(rule.action, location=location, rule=rule, fingerprint=fp).refused(refusal)
     ttl = rule.ttl or default_ttl
     grant = Grant(
         client=redirect.client, origin=location.origin, issuer=redirect.issuer, header=rule.header.name,
@@ -98,7 +97,7 @@ def decide_redirect(redirect: Redirect, rules: RuleSet, fingerprint: Fingerprint
         fingerprint=fp, expires=now + ttl, override=rule.override_client_header,
         chain=next_hop.chain, hop=next_hop.hop,
     )
-    return replace(decision, grant=grant, ttl=ttl)
+    return RedirectDecision(rule.action, location=location, rule=rule, fingerprint=fp, grant=grant, ttl=ttl)
 
 
 def redirect_record(base: dict[str, Any], redirect: Redirect, decision: RedirectDecision, sent: list[SentSecret],

@@ -139,7 +139,10 @@ def parse_location(raw: str, base: str) -> Location:
         # only the userinfo goes, so the client sees its Location unchanged otherwise; when the text
         # cut would read as another URL, the parser's own serialization without credentials instead
         without_credentials = parts.without_credentials + parts.fragment
-        cut = _userinfo_cut(raw, base, without_credentials)
+        if raw == href:  # already as the parser writes it (most servers): the cut is the userinfo
+            cut = (len(parts.scheme) + 3, len(parts.scheme) + 3 + len(href) - len(without_credentials) - 1)
+        else:
+            cut = _userinfo_cut(raw, base, without_credentials)
         stripped = raw[: cut[0]] + raw[cut[1] + 1 :] if cut else without_credentials
     return Location(
         raw=raw,

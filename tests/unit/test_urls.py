@@ -178,3 +178,32 @@ def test_the_parts_read_from_an_href_are_adas_own(raw, base):
 def test_a_location_of_another_scheme_is_refused_by_its_scheme(raw):
     with pytest.raises(LocationError, match=f"scheme '{raw.partition(':')[0]}' is not http or https"):
         parse_location(raw, "https://redirector.example/")
+
+
+_USERINFO = st.lists(st.sampled_from(list("ab:@%/\\?#~ .é\t") + ["%40", "%3A", "%2F", "%25"]), max_size=8).map("".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(["https://", "http://", "HTTPS://", "https:", "//", "https:\\\\"]), _USERINFO, _USERINFO,
+       st.sampled_from(["registry.example", "[::1]:8443", "127.0.0.1:80", "xn--nxasmq6b.example", "h"]),
+       st.sampled_from(["", "/", "/a/b?c=1", "/x#frag", "?q", "#"]),
+       st.sampled_from(["https://base.example/dir/page", "http://10.0.0.1:8080/a/b?c#d"]))
+def test_the_userinfo_cut_of_a_location_in_canonical_form_is_the_verified_one(head, user, password, host, tail, base):
+    # parse_location takes a Location the parser would write the same as it is without a second
+    # parse; the cut must be the one the verifying parse finds
+    from credhop.urls import _Href, _userinfo_cut
+
+    raw = f"{head}{user}:{password}@{host}{tail}"
+    try:
+        href = ada_url.URL(raw, base).href
+    except ValueError:
+        return
+    for text in (raw, href):
+        try:
+            location = parse_location(text, base)
+        except LocationError:
+            continue
+        if location.credential is None:
+            continue
+        parts = _Href.split(href)
+        assert location.cut == _userinfo_cut(text, base, parts.without_credentials + parts.fragment)
