@@ -93,6 +93,9 @@ class MemoryStore:
         self._due: dict[int, list[str | Origin]] = {}
         self._due_heap: list[int] = []
         self._count = 0
+        # clients by how many grants they hold, so the fullest is found without looking at every client
+        self._by_size: dict[int, dict[str, None]] = {}
+        self._largest = 0
         self.evicted = 0
         self.expired = 0
 
@@ -120,6 +123,7 @@ class MemoryStore:
         terms = self._terms.add((grant.issuer, grant.header, grant.rule, grant.user, grant.override))
         grants[origin] = _pack(grant, terms)
         self._count += 1
+        self._resized(client, len(grants) - 1, len(grants))
         due = math.ceil(grant.expires)
         bucket = self._due.get(due)
         if bucket is None:
@@ -130,7 +134,7 @@ class MemoryStore:
             self._drop(client, next(iter(grants)))
             self.evicted += 1
         while self._count > self.max_entries:
-            fullest = max(self._clients, key=lambda c: len(self._clients[c]))
+            fullest = next(iter(self._by_size[self._largest]))
             self._drop(fullest, next(iter(self._clients[fullest])))
             self.evicted += 1
         return None
@@ -170,8 +174,22 @@ class MemoryStore:
         self._origins.release(self._origins.number(origin))
         self._terms.release(_terms_of(packed))
         self._count -= 1
+        self._resized(client, len(grants) + 1, len(grants))
         if not grants:
             del self._clients[client]
+
+    def _resized(self, client: str, old: int, new: int) -> None:
+        if old:
+            clients = self._by_size[old]
+            del clients[client]
+            if not clients:
+                del self._by_size[old]
+        if new:
+            self._by_size.setdefault(new, {})[client] = None
+        if new > self._largest:
+            self._largest = new
+        while self._largest and self._largest not in self._by_size:
+            self._largest -= 1
 
     def _unpack(self, client: str, origin: Origin, packed: bytes) -> Grant:
         expires, terms, hop, fp_len, chain_len = _HEAD.unpack_from(packed)
@@ -187,6 +205,8 @@ class MemoryStore:
         self._due.clear()
         self._due_heap.clear()
         self._count = 0
+        self._by_size.clear()
+        self._largest = 0
 
     def __len__(self) -> int:
         self._expire()

@@ -101,3 +101,25 @@ def test_shared_parts_go_when_their_last_grant_goes():
     assert len(store) == 10 and len(store._origins) == 10 and len(store._terms) == 10
     clock.now = 11
     assert len(store) == 0 and len(store._origins) == 0 and len(store._terms) == 0
+
+
+def test_the_fullest_client_is_known_without_a_scan_and_always_right():
+    # eviction picks the fullest client from counts kept as grants come and go; check those counts
+    # against the grants themselves through a random mix of grants, replacements, expiry and eviction
+    import random
+
+    rng = random.Random(14)
+    clock = Clock(0)
+    store = MemoryStore(max_entries=40, max_per_client=12, clock=clock)
+    for step in range(3000):
+        client = f"10.0.0.{rng.randrange(9)}"
+        origin = Origin("https", f"h{rng.randrange(30)}.example", 443)
+        run(store.grant(grant(client=client, origin=origin, expires=clock.now + rng.randrange(1, 20))))
+        if step % 50 == 0:
+            clock.now += rng.randrange(5)
+            len(store)  # expires what is due
+        sizes = [len(g) for g in store._clients.values()]
+        assert store._largest == max(sizes, default=0)
+        assert sum(len(c) for c in store._by_size.values()) == len(sizes)
+        assert all(len(store._clients[c]) == n for n, cs in store._by_size.items() for c in cs)
+        assert len(store) <= 40 and max(sizes, default=0) <= 12
