@@ -22,19 +22,19 @@ def test_bench_smoke_run_writes_its_tables(tmp_path, token):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     for heading in ("CPU per request, ratio to bare mitmdump", "Throughput and latency", "Rule matching",
-                    "Redis store against the memory store", "Hooks", "Stores", "Memory", "## Reproduce"):
+                    "Redis store against the memory store", "The floor", "Hooks", "Stores", "Memory", "## Reproduce"):
         assert heading in text, heading
     data = json.loads(out.with_suffix(".json").read_text())
     shapes = {(r["workload"], r["scheme"]) for r in data["rows"]}
     assert shapes == {(w, s) for w in ("plain", "redirect", "download", "noauth") for s in ("http", "https")}
     # the Redis store configuration ran, against a redis-server of the bench's own that it used
-    assert {r["config"] for r in data["rows"]} >= {"bare", "shipped", "redis"}
+    assert {r["config"] for r in data["rows"]} >= {"bare", "shipped", "redis", "floor", "floorlog"}
     redis_rows = [r for r in data["rows"] if r["config"] == "redis"]
     assert all(r["redis_commands"] > 0 for r in redis_rows if r["workload"] in ("redirect", "download")), redis_rows
     assert all(r["redis_cpu_ms"] == 0 == r["redis_commands"] for r in data["rows"] if r["config"] != "redis")
     for row in data["rows"]:
         assert row["requests"] > 0 and row["errors"] == 0, row
-        # credhop injected into follow-ups and downloads; bare mitmdump never does
+        # credhop (and the floor, the reference addon) injected into follow-ups and downloads; bare never does
         if row["workload"] in ("redirect", "download"):
             assert (row["authed"] > 0) == (row["config"] != "bare"), row
     # the backend's userinfo secret is in no output (the hop log, mitmdump's output, the report)
