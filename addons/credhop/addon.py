@@ -37,10 +37,11 @@ from .decide import (
     next_position,
     redirect_record,
 )
-from .destination import Resolver, verified_origin
+from .destination import Resolver, request_origin, verified_origin
 from .diagnosis import Chain, diagnose
 from .flows import (
     add_header,
+    header_names,
     address_of,
     apply_redirect,
     client_of,
@@ -314,8 +315,7 @@ class CredHop:
             self._place(flow, position)
         # what the client sent is read only where it could be a leak: a download needs the names alone
         sent = self._sent(flow, state) if position or watch else []
-        decision = decide_follow_up(FollowUp(origin, sent, frozenset(k.lower() for k in request.headers),
-                                             position, held, watch))
+        decision = decide_follow_up(FollowUp(origin, sent, header_names(request), position, held, watch))
         if decision.leaks:
             assert decision.leak_at is not None
             if position is None:  # not the follow-up: another request to the origin the client was sent to
@@ -352,7 +352,9 @@ class CredHop:
         destination address, and a name the client gave (Host or `:authority`, TLS SNI) replaces it
         only when the proxy resolves that name to that address."""
         request, client = flow.request, flow.client_conn
-        verdict = await verified_origin(is_transparent(flow), request.scheme, request.host, request.port,
+        if not is_transparent(flow):  # verified_origin's answer there, without a coroutine or the names
+            return request_origin(request.scheme, request.host, request.port)
+        verdict = await verified_origin(True, request.scheme, request.host, request.port,
                                         (request.host_header, client.sni), self.resolver, original=client.sockname)
         if verdict.how != "request":
             remember_destination(flow, verdict.origin.host, verdict.how)

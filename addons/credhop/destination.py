@@ -83,6 +83,11 @@ def host_name(candidate: str | None, port: int) -> str | None:
     return host
 
 
+def request_origin(scheme: str, host: str, port: int) -> Origin:
+    """Outside transparent mode, `host` is what the proxy itself connects to: the origin, as it is."""
+    return Origin(scheme, host.lower(), port)
+
+
 async def verified_origin(transparent: bool, scheme: str, host: str, port: int, names: Iterable[str | None],
                           resolve: Lookup, original: tuple[str, int] | None = None) -> Verdict:
     """The origin a request to `host`:`port` goes to.
@@ -93,27 +98,27 @@ async def verified_origin(transparent: bool, scheme: str, host: str, port: int, 
     (`names`: Host/`:authority`, SNI; every one given must be usable, name no other port, and
     agree) if the proxy resolves it to that address, else the address itself.
     """
-    request_origin = Origin(scheme, host.lower(), port)
+    as_given = request_origin(scheme, host, port)
     if not transparent:
-        return Verdict(request_origin, "request")
+        return Verdict(as_given, "request")
     address = ip(host)
     if address is None:
-        return Verdict(request_origin, "request")
+        return Verdict(as_given, "request")
     if original is None or ip(str(original[0])) != address or int(original[1]) != port:
-        return Verdict(request_origin, "address")  # sent elsewhere than the original destination
+        return Verdict(as_given, "address")  # sent elsewhere than the original destination
     stated = [c for c in names if c]
     given = {host_name(c, port) for c in stated}
     if not stated:
-        return Verdict(request_origin, "address")
+        return Verdict(as_given, "address")
     if None in given or len({n.rstrip(".") for n in given if n}) > 1:
-        return Verdict(request_origin, "conflict")  # another port, an unusable name, or names that differ
+        return Verdict(as_given, "conflict")  # another port, an unusable name, or names that differ
     name = sorted(n for n in given if n)[0]  # "name" and "name." are one name; either spelling is the client's
     literal = ip(name)
     if literal is not None:
-        return Verdict(request_origin, "address")  # an address literal adds nothing (it is the address, or it lies)
+        return Verdict(as_given, "address")  # an address literal adds nothing (it is the address, or it lies)
     if address in await resolve(name.rstrip(".")):
         return Verdict(Origin(scheme, name, port), "verified")
-    return Verdict(request_origin, "address")
+    return Verdict(as_given, "address")
 
 
 class Resolver:

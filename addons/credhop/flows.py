@@ -88,6 +88,12 @@ def mark(flow: http.HTTPFlow, comment: str) -> None:
     flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
 
 
+def header_names(request: http.Request) -> frozenset[str]:
+    """The request's header names, lower case as mitmproxy matches them (ASCII letters only: a
+    non-ASCII name never equals a header credhop adds, for mitmproxy or the server)."""
+    return frozenset([name.lower().decode("latin-1") for name, _ in request.headers.fields])
+
+
 def add_header(request: http.Request, grant: Grant) -> None:
     # HTTP/2 and 3 want lower-case names (mitmproxy would lower-case and warn on every request)
     name = grant.header if request.http_version.startswith("HTTP/1") else grant.header.lower()

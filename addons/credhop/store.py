@@ -98,6 +98,9 @@ class MemoryStore:
         self._largest = 0
         self.evicted = 0
         self.expired = 0
+        # the grants last read back, with the packed form they came from: a download reads the same
+        # grant again and again, and a replaced grant is a new bytes object, so a stale entry never matches
+        self._read: dict[tuple[str, Origin], tuple[bytes, Grant]] = {}
 
     def refusal(self, grant: Grant) -> Refusal | None:
         """Why `grant` would be refused, without storing it (a shared store checks its local copy first)."""
@@ -144,12 +147,18 @@ class MemoryStore:
         packed = grants.get(origin) if grants else None
         if packed is None:
             return None
-        grant = self._unpack(client, origin, packed)
-        if grant.expires <= self.clock():
+        if _expires(packed) <= self.clock():
             self._expire()
             return None
         del grants[origin]  # type: ignore[union-attr]
         grants[origin] = packed  # type: ignore[index]  # most recently used last
+        read = self._read.get((client, origin))
+        if read is not None and read[0] is packed:
+            return read[1]
+        grant = self._unpack(client, origin, packed)
+        if len(self._read) >= MAX_READ:
+            self._read.clear()
+        self._read[client, origin] = (packed, grant)
         return grant
 
     def may_hold(self, client: str) -> bool:
@@ -171,6 +180,7 @@ class MemoryStore:
     def _drop(self, client: str, origin: Origin) -> None:
         grants = self._clients[client]
         packed = grants.pop(origin)
+        self._read.pop((client, origin), None)  # a grant that is gone is not kept, not even read back
         self._origins.release(self._origins.number(origin))
         self._terms.release(_terms_of(packed))
         self._count -= 1
@@ -201,6 +211,7 @@ class MemoryStore:
 
     def clear(self) -> None:
         self._clients.clear()
+        self._read.clear()
         self._origins, self._terms = _Shared(), _Shared()
         self._due.clear()
         self._due_heap.clear()
@@ -217,6 +228,7 @@ class MemoryStore:
 # its shared terms, hop, the lengths of fingerprint and chain id, then value + fingerprint + chain
 # as UTF-8 (surrogatepass: mitmproxy hands undecodable header bytes over as lone surrogates).
 _HEAD = struct.Struct("<dIIHH")
+MAX_READ = 1_024  # grants kept as read back (see MemoryStore.get)
 
 
 def _pack(grant: Grant, terms: int) -> bytes:

@@ -123,3 +123,21 @@ def test_the_fullest_client_is_known_without_a_scan_and_always_right():
         assert sum(len(c) for c in store._by_size.values()) == len(sizes)
         assert all(len(store._clients[c]) == n for n, cs in store._by_size.items() for c in cs)
         assert len(store) <= 40 and max(sizes, default=0) <= 12
+
+
+def test_a_grant_read_again_is_the_one_held_now():
+    # `get` keeps what it last read back for a download's next request: a replaced, dropped or
+    # evicted grant must never come back from there
+    clock = Clock(0)
+    store = MemoryStore(max_entries=2, clock=clock)
+    run(store.grant(grant(expires=50)))
+    assert run(store.get("10.0.0.1", A)).expires == 50
+    run(store.grant(grant(expires=80)))  # the same redirector hands out a fresh one
+    assert run(store.get("10.0.0.1", A)).expires == 80
+    fresh = Grant("10.0.0.1", A, REDIRECTOR, "Authorization", "Basic new", "r", "u", "hm:1", 90.0, False, "d", 2)
+    run(store.grant(fresh))
+    assert run(store.get("10.0.0.1", A)).chain == "d"
+    run(store.grant(grant(client="10.0.0.2")))
+    run(store.grant(grant(client="10.0.0.3")))  # the store is full: 10.0.0.1's grant is evicted
+    assert run(store.get("10.0.0.1", A)) is None
+    assert all(key[0] != "10.0.0.1" for key in store._read)  # not kept, not even as read back
