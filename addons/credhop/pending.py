@@ -68,7 +68,7 @@ class MemoryPending:
         self._watched: Counter[str] = Counter()
 
     def awaits(self, client: str) -> bool:
-        return self._per_client[client] > 0 or self._watched[client] > 0
+        return client in self._per_client or client in self._watched  # (a count that reaches 0 is deleted)
 
     async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
         now = self.clock()

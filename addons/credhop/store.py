@@ -106,12 +106,15 @@ class MemoryStore:
         """Why `grant` would be refused, without storing it (a shared store checks its local copy first)."""
         self._expire()
         packed = self._clients.get(grant.client, {}).get(grant.origin)
-        held = self._unpack(grant.client, grant.origin, packed) if packed else None
-        if held and held.expires > self.clock() and held.issuer != grant.issuer \
-                and held.fingerprint != grant.fingerprint:
-            return Refusal(Why.SWAP_REFUSED,
-                           f"{grant.origin} already holds a live credential handed out by {held.issuer}")
-        return None
+        if packed is None:
+            return None
+        expires, terms = _HEAD.unpack_from(packed)[:2]
+        issuer = self._terms.get(terms)[0]
+        if expires <= self.clock() or issuer == grant.issuer:  # most often the same redirector again
+            return None
+        if self._unpack(grant.client, grant.origin, packed).fingerprint == grant.fingerprint:
+            return None
+        return Refusal(Why.SWAP_REFUSED, f"{grant.origin} already holds a live credential handed out by {issuer}")
 
     async def grant(self, grant: Grant) -> Refusal | None:
         refusal = self.refusal(grant)
@@ -119,14 +122,17 @@ class MemoryStore:
             return refusal
         client = grant.client
         grants = self._clients.setdefault(client, {})
-        if grant.origin in grants:
-            self._drop(client, grant.origin)
-            grants = self._clients.setdefault(client, {})
-        origin = self._origins.get(self._origins.add(grant.origin))
         terms = self._terms.add((grant.issuer, grant.header, grant.rule, grant.user, grant.override))
-        grants[origin] = _pack(grant, terms)
-        self._count += 1
-        self._resized(client, len(grants) - 1, len(grants))
+        old = grants.pop(grant.origin, None)
+        if old is None:
+            origin = self._origins.get(self._origins.add(grant.origin))
+            self._count += 1
+            self._resized(client, len(grants), len(grants) + 1)
+        else:  # a fresh grant for a held origin takes the old one's place (its expiry entry goes stale)
+            origin = self._origins.get(self._origins.number(grant.origin))
+            self._terms.release(_terms_of(old))
+            self._read.pop((client, origin), None)
+        grants[origin] = _pack(grant, terms)  # most recently used last
         due = math.ceil(grant.expires)
         bucket = self._due.get(due)
         if bucket is None:
