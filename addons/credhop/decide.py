@@ -87,13 +87,13 @@ def decide_redirect(redirect: Redirect, rules: RuleSet, fingerprint: Fingerprint
         return RedirectDecision(Action.KEEP, Why.NO_RULE, "no rule matched", location, None, fp)
     if rule.action is not Action.INJECT:
         return RedirectDecision(rule.action, location=location, rule=rule, fingerprint=fp)
-    refusal = _inject_refusal(rule, location)
-    if refusal:
-        return RedirectDecision(rule.action, location=location, rule=rule, fingerprint=fp).refused(refusal)
+    value = _inject_value(rule, location)
+    if isinstance(value, Refusal):
+        return RedirectDecision(rule.action, location=location, rule=rule, fingerprint=fp).refused(value)
     ttl = rule.ttl or default_ttl
     grant = Grant(
         client=redirect.client, origin=location.origin, issuer=redirect.issuer, header=rule.header.name,
-        value=rule.header.render(credential), rule=rule.name, user=credential.display_user,
+        value=value, rule=rule.name, user=credential.display_user,
         fingerprint=fp, expires=now + ttl, override=rule.override_client_header,
         chain=next_hop.chain, hop=next_hop.hop,
     )
@@ -118,22 +118,21 @@ def redirect_record(base: dict[str, Any], redirect: Redirect, decision: Redirect
     )
 
 
-def _inject_refusal(rule: Rule, location: Location) -> Refusal | None:
-    """Why an inject rule must not inject here (the store adds the swap rule), or None."""
+def _inject_value(rule: Rule, location: Location) -> str | Refusal:
+    """The header value an inject rule would add here, or why it must not inject (the store adds
+    the swap rule)."""
     assert location.credential is not None
-    problem = location.credential.problem()
-    if problem:
-        return Refusal(Why.CREDENTIAL_UNUSABLE, problem)
+    # rendered once, first: render raises for exactly the credential's `problem()`, which is checked first
+    try:
+        value = rule.header.render(location.credential)
+    except CredentialError as e:
+        return Refusal(Why.CREDENTIAL_UNUSABLE, str(e))
     origin = location.origin
     if origin.is_plaintext and not origin.is_loopback and not rule.allow_plaintext:
         return Refusal(Why.PLAINTEXT_REFUSED, "plaintext http destination; set allow_plaintext on the rule to permit")
     if parsers_disagree(location.raw, location):
         return Refusal(Why.PARSERS_DISAGREE, "WHATWG and urllib parsers disagree on where this Location goes")
-    try:
-        rule.header.render(location.credential)
-    except CredentialError as e:
-        return Refusal(Why.CREDENTIAL_UNUSABLE, str(e))
-    return None
+    return value
 
 
 def next_position(redirect: Redirect, at: ChainPosition, decision: RedirectDecision,

@@ -62,6 +62,9 @@ def test_locations_credhop_cannot_use_are_left_alone_with_a_reason(locations, wh
     ("https://aws:t%0d%0aok@registry.example/", Why.CREDENTIAL_UNUSABLE),
     ("https://aws:t%E2%80%A8ok@registry.example/", Why.CREDENTIAL_UNUSABLE),
     ("https://aws:tok@registry.example\\@evil.example/", Why.PARSERS_DISAGREE),
+    # an unusable credential is named before the other doubts
+    ("http://aws:t%0d%0aok@registry.example/", Why.CREDENTIAL_UNUSABLE),
+    ("https://aws:t%0d%0aok@registry.example\\@evil.example/", Why.CREDENTIAL_UNUSABLE),
 ])
 def test_inject_is_refused_when_in_doubt(location, why):
     d = decide(redirect(location))
