@@ -11,6 +11,7 @@ import ipaddress
 import re
 import urllib.parse
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import ada_url
 
@@ -71,17 +72,22 @@ class Origin:
 
     @property
     def is_loopback(self) -> bool:
-        host = self.host.strip("[]")
-        if host == "localhost" or host.endswith(".localhost"):
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback(self.host)
 
     @property
     def is_plaintext(self) -> bool:
         return self.scheme != "https"
+
+
+@lru_cache(maxsize=4096)  # a proxy sees the same hosts again and again; parsing an address is not cheap
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
