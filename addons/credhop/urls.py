@@ -123,6 +123,8 @@ class Location:
 
 
 def _decode(part: str) -> str:
+    if "%" not in part:  # nothing to decode (ada's serialization is ASCII)
+        return part
     try:
         return urllib.parse.unquote_to_bytes(part).decode("utf-8")
     except UnicodeDecodeError:
@@ -132,7 +134,7 @@ def _decode(part: str) -> str:
 def parse_location(raw: str, base: str) -> Location:
     """Resolve `raw` (a Location header value) against `base` (the request URL)."""
     try:
-        href = ada_url.URL(raw, base).href
+        href = ada_url.join_url(base, raw)
     except ValueError:  # UnicodeEncodeError (lone surrogates: invalid UTF-8 on the wire) is one
         raise LocationError(f"unparseable Location {_shown(raw)!r}") from None
     parts = _Href.split(href)
@@ -140,12 +142,13 @@ def parse_location(raw: str, base: str) -> Location:
         raise LocationError(f"Location scheme {_shown(parts.scheme)!r} is not http or https")
     credential = cut = None
     stripped = raw
+    canonical = raw == href  # already as the parser writes it (most servers)
     if parts.username or parts.password:
         credential = Credential(_decode(parts.username), _decode(parts.password))
         # only the userinfo goes, so the client sees its Location unchanged otherwise; when the text
         # cut would read as another URL, the parser's own serialization without credentials instead
         without_credentials = parts.without_credentials + parts.fragment
-        if raw == href:  # already as the parser writes it (most servers): the cut is the userinfo
+        if canonical:  # the cut is the userinfo
             cut = (len(parts.scheme) + 3, len(parts.scheme) + 3 + len(href) - len(without_credentials) - 1)
         else:
             cut = _userinfo_cut(raw, base, without_credentials)
@@ -155,7 +158,7 @@ def parse_location(raw: str, base: str) -> Location:
         url=parts.without_credentials,
         origin=parts.origin(),
         path=parts.path,
-        relative=not _SCHEME.match(_whatwg_input(raw)),
+        relative=not canonical and not _SCHEME.match(_whatwg_input(raw)),  # an href starts with its scheme
         credential=credential,
         stripped=stripped,
         base=base,
