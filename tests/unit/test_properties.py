@@ -23,7 +23,15 @@ from hypothesis import strategies as st
 from mitmproxy.test import taddons, tflow
 
 from credhop.addon import REDIRECTS, CredHop
-from credhop.urls import LocationError, Origin, parse_location, parsers_disagree, redact_url, request_url
+from credhop.urls import (
+    LocationError,
+    Origin,
+    _urllib_disagrees,
+    parse_location,
+    parsers_disagree,
+    redact_url,
+    request_url,
+)
 from tests.unit.addon_helpers import sync
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,6 +114,19 @@ def locations(draw: st.DrawFn) -> str:
     return head + userinfo + host + draw(st.sampled_from(PORTS)) + tail
 
 
+@st.composite
+def serialized_locations(draw: st.DrawFn) -> str:
+    """http(s) URLs with userinfo and any port (0 too), to be read in the parser's own serialization:
+    the form most servers send, which `parsers_disagree` answers without urllib."""
+    scheme = draw(st.sampled_from(["http://", "https://"]))
+    userinfo = draw(st.sampled_from(["{u}:{p}@", "{u}@", ":{p}@", ""]))
+    userinfo = userinfo.format(u=draw(userinfo_text), p=draw(userinfo_text))
+    host = draw(st.sampled_from(HOSTS) | st.text(st.sampled_from("ab.-0:[]%@\\!$&'()*+,;=\"`{}~_"), max_size=8))
+    port = draw(st.sampled_from(PORTS) | st.integers(0, 65535).map(":{}".format))
+    tail = draw(st.sampled_from(TAILS) | st.text(max_size=10))
+    return scheme + userinfo + host + port + tail
+
+
 any_text = st.text(st.characters(blacklist_categories=[]), max_size=60)  # lone surrogates too
 location_text = locations() | any_text
 # header values as mitmproxy hands them over: bytes that are not UTF-8 arrive as U+DC80..U+DCFF
@@ -138,6 +159,30 @@ def test_parse_location_raises_only_location_error(raw: str, base: str) -> None:
     assert loc.origin.scheme in ("http", "https") and 0 <= loc.origin.port <= 65535
     assert isinstance(parsers_disagree(raw, loc), bool)
     assert isinstance(loc.redacted, str) and isinstance(loc.stripped, str)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(text=serialized_locations() | locations(), base=st.sampled_from(BASES))
+@example(text="http://u:p@127.0.0.2:0/", base=BASES[0])
+@example(text="https://u:p@[::1]:0/x", base=BASES[0])
+@example(text="https://u:p@h.example:443/", base=BASES[0])
+@example(text="HTTP://u:p@registry.example/", base=BASES[0])
+def test_parsers_disagree_on_a_serialized_location_as_urllib_reads_it(text: str, base: str) -> None:
+    # parsers_disagree answers a Location in the parser's own form without asking urllib: the answer
+    # must be urllib's, as the full check gives it; compared as booleans (no userinfo in the output)
+    try:
+        href = ada_url.URL(text, base).href
+    except ValueError:
+        return
+    parsed = []
+    for raw in (text, href):
+        with contextlib.suppress(LocationError):
+            parsed.append(parse_location(raw, base))
+    for loc in parsed:
+        as_written = loc.raw == href
+        assert loc.canonical is as_written
+        for raw in (text, href):  # the text it was parsed from, and (for the guard) the other one
+            assert parsers_disagree(raw, loc) is _urllib_disagrees(raw, loc), "differs from urllib's reading"
 
 
 @SETTINGS
