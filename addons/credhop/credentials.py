@@ -12,6 +12,7 @@ import re
 import string
 import urllib.parse
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # The auth schemes worth naming in a log; anything else is reported as no scheme,
 # since a bare token in Authorization would otherwise be logged as its "scheme".
@@ -83,15 +84,20 @@ class Credential:
     def secret_forms(self) -> set[str]:
         """Every spelling of the secret worth scrubbing from text we write: as decoded, percent-encoded
         (either case of hex digits), and as the Basic value."""
-        secrets = {self.password} if self.password else set()
-        if secret_like_user(self.user, self.password):
-            secrets.add(self.user)
-        forms = {base64.b64encode(f"{self.user}:{self.password}".encode("utf-8", "surrogateescape")).decode()}
-        for secret in secrets:
-            encoded = urllib.parse.quote(secret, safe="", errors="surrogateescape")
-            forms |= {secret, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), encoded),
-                      urllib.parse.quote(secret, safe="!$&'()*+,;=-._~", errors="surrogateescape")}
-        return {f for f in forms if len(f) >= 4}
+        return set(_secret_forms(self.user, self.password))
+
+
+@lru_cache(maxsize=256)  # asked for on every redirect, mostly for the same few credentials
+def _secret_forms(user: str, password: str) -> frozenset[str]:
+    secrets = {password} if password else set()
+    if secret_like_user(user, password):
+        secrets.add(user)
+    forms = {base64.b64encode(f"{user}:{password}".encode("utf-8", "surrogateescape")).decode()}
+    for secret in secrets:
+        encoded = urllib.parse.quote(secret, safe="", errors="surrogateescape")
+        forms |= {secret, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), encoded),
+                  urllib.parse.quote(secret, safe="!$&'()*+,;=-._~", errors="surrogateescape")}
+    return frozenset(f for f in forms if len(f) >= 4)
 
 
 class Fingerprinter:

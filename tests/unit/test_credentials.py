@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from credhop.credentials import BASIC, Credential, CredentialError, Fingerprinter, HeaderTemplate
+from credhop.credentials import BASIC, Credential, CredentialError, Fingerprinter, HeaderTemplate, _secret_forms
 
 KEY = b"k" * 32
 
@@ -51,3 +51,15 @@ def test_repr_and_fingerprint_hold_no_secret():
     assert fp != Fingerprinter(KEY)(Credential("aws", "hunter3-secret"))
     with pytest.raises(ValueError):
         Fingerprinter(b"short")
+
+
+def test_secret_forms_are_remembered_per_credential_and_handed_out_as_a_fresh_set():
+    forms = Credential("aws", "p@ss:word/1").secret_forms()
+    computed = _secret_forms.__wrapped__("aws", "p@ss:word/1")
+    forms.add("a caller's own entry")
+    again = Credential("aws", "p@ss:word/1").secret_forms()
+    # compared as booleans: a failure prints no secret
+    as_computed, untouched = again == computed, "a caller's own entry" not in again
+    other_user = Credential("bob", "p@ss:word/1").secret_forms() != again  # the user is part of the key
+    assert as_computed and untouched and other_user
+    assert _secret_forms.cache_info().maxsize == 256  # bounded
