@@ -208,10 +208,15 @@ class _Href:
         return f"{self.scheme}://{self.host}{self.tail}"
 
     def origin(self) -> Origin:
-        host, port = self.host, ""
-        if not host.endswith("]"):
-            host, _, port = host.rpartition(":") if ":" in host else (host, "", "")
-        return Origin(self.scheme, host.strip("[]"), int(port) if port else DEFAULT_PORTS[self.scheme])
+        return _origin(self.scheme, self.host)
+
+
+@lru_cache(maxsize=4096)  # redirects go to the same few origins; an Origin is immutable, so one serves all
+def _origin(scheme: str, host: str) -> Origin:
+    port = ""
+    if not host.endswith("]"):
+        host, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+    return Origin(scheme, host.strip("[]"), int(port) if port else DEFAULT_PORTS[scheme])
 
 
 def _userinfo_cut(raw: str, base: str, without_credentials: str) -> tuple[int, int] | None:
