@@ -48,6 +48,7 @@ class Redactor:
 
     def __init__(self, header_names: Iterable[str] = secret_header_names()) -> None:
         self._names = tuple({n.lower() for n in header_names})
+        self._words = self._names + _AUTH_WORDS  # either pattern needs one of these
         names = "|".join(sorted((re.escape(n) for n in set(header_names)), key=len, reverse=True))
         # `Name: <anything>` as header lines or (name, value) reprs; not URL query parameters such
         # as `?set-cookie=1`, which are no header
@@ -83,16 +84,23 @@ class Redactor:
             if self._known_re is None:  # longest first, so a secret's encoded form wins over its prefix
                 self._known_re = re.compile("|".join(map(re.escape, sorted(self._known, key=len, reverse=True))))
                 self._fresh = []
-            for form in sorted(self._fresh, key=len, reverse=True):
-                text = text.replace(form, "***")
+            if self._fresh:
+                for form in sorted(self._fresh, key=len, reverse=True):
+                    text = text.replace(form, "***")
             text = self._known_re.sub("***", text)
         text = redact_url(text)
         if "@" in text:
             text = _AUTHORITY_FORM.sub(lambda m: f"{m[1]}***@", text)
         if text.isascii():
             # on ASCII text (?i) is lower(): without a header name or a scheme word in it, neither
-            # pattern can match, and most text (URLs, codes, fingerprints) has neither
+            # pattern can match, and most text (URLs, codes, fingerprints) has neither. A plain loop:
+            # any() over a generator costs more than the searches
             lower = text.lower()
+            for word in self._words:
+                if word in lower:
+                    break
+            else:
+                return text
             if any(name in lower for name in self._names):
                 text = self._header.sub(lambda m: f"{m[1]}{m[2]}***", text)
             if any(word in lower for word in _AUTH_WORDS):
