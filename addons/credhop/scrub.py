@@ -111,9 +111,25 @@ class Redactor:
 
     def record(self, value: object) -> object:
         """A JSON-ready value with every string in it scrubbed."""
-        if type(value) in _PLAIN or isinstance(value, Enum):  # numbers, flags; codes credhop chose (records.Code)
+        kind = type(value)
+        if kind is dict:  # a record: its values are mostly strings and numbers, handled here without a call
+            memo = self._memo
+            out: dict[object, object] = {}
+            for key, item in value.items():  # type: ignore[attr-defined]
+                kind = type(item)
+                if kind is str:
+                    clean = memo.get(item)
+                    out[key] = clean if clean is not None else self._short(item)
+                elif kind in _PLAIN or isinstance(item, Enum):
+                    out[key] = item
+                else:
+                    out[key] = self.record(item)
+            return out
+        if kind is str:
+            return self._short(value)  # type: ignore[arg-type]
+        if kind in _PLAIN or isinstance(value, Enum):  # numbers, flags; codes credhop chose (records.Code)
             return value
-        if isinstance(value, str):
+        if isinstance(value, str):  # a subclass, not a code
             return self._short(value)
         if isinstance(value, dict):
             return {k: self.record(v) for k, v in value.items()}
