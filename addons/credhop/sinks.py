@@ -19,6 +19,8 @@ from .records import SCHEMA, Action, Event, InjectRecord, LeakRecord, Record, Re
 from .scrub import SCRUBBED_BY, Redactor, printable
 
 log = logging.getLogger("credhop")
+# made once: json.dumps with any option builds a new encoder per call; the defaults otherwise (ASCII out)
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Sink(Protocol):
@@ -52,7 +54,7 @@ class HopLogFile:
         self.redactor = redactor
 
     def emit(self, record: Record) -> None:
-        line = json.dumps({"v": SCHEMA, **self.redactor.record(record.as_dict())}, separators=(",", ":"))  # type: ignore[dict-item]
+        line = _encode({"v": SCHEMA, **self.redactor.record(record.as_dict())})  # type: ignore[dict-item]
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()

@@ -117,3 +117,15 @@ def test_the_redactor_masks_new_secrets_at_once_and_compiles_in_batches():
         r.remember({f"rotating-secret-{i:03d}"})
         assert r(f"GET /p/rotating-secret-{i:03d}/x") == "GET /p/***/x"
     assert r("first-secret-1 rotating-secret-000") == "*** ***"
+
+
+def test_hop_log_lines_are_what_json_dumps_writes(tmp_path):
+    # the sink keeps one encoder: its lines must stay byte for byte those of json.dumps (ASCII, no spaces)
+    log = tmp_path / "hops.jsonl"
+    redactor = Redactor()
+    record = ErrorRecord(**BASE, reason="é \u2028 \ud800 \x1b nan-free", instance="ü")
+    sink = HopLogFile(log, redactor)
+    sink.emit(record)
+    sink.close()
+    expected = json.dumps({"v": 1, **redactor.record(record.as_dict())}, separators=(",", ":")) + "\n"
+    assert log.read_bytes() == expected.encode("ascii")
