@@ -31,6 +31,8 @@ _AUTHORITY_FORM = re.compile(r"(?<![\w/])([A-Z]{3,10} +)([^\s/@'\"]+)@(?=[^\s/@]
 MAX_REMEMBERED = 4096  # spellings of secrets masked in whatever passes the filter (about 700 credentials)
 FRESH_BATCH = 64
 MEMO_SIZE = 2048  # scrubbed short strings (methods, clients, rules, origins, user names) kept for reuse
+GRAM = 4  # see Redactor._may_hold_known
+FILTER_FROM = 32  # remembered spellings from which text is looked at by pieces first
 MEMO_LENGTH = 120  # longer text (most URLs) is rarely repeated
 
 
@@ -58,6 +60,12 @@ class Redactor:
         self._known: OrderedDict[str, None] = OrderedDict()  # spellings of secrets seen, newest last
         self._known_re: re.Pattern[str] | None = None  # all of them but `_fresh`
         self._fresh: list[str] = []  # added since the pattern was compiled: replaced one by one
+        # every 4-character piece of the compiled secrets (7 characters and longer) and a pattern for
+        # the shorter ones: text holding none of them skips the pattern, whose cost grows with the
+        # number of secrets remembered (see `_may_hold_known`)
+        self._grams: frozenset[str] = frozenset()
+        self._short_re: re.Pattern[str] | None = None
+        self._filtered = False
         self._memo: dict[str, str] = {}  # see `_short`; emptied when a new secret is remembered
 
     def remember(self, forms: Iterable[str]) -> None:
@@ -76,18 +84,42 @@ class Redactor:
         if len(self._fresh) > FRESH_BATCH:
             self._known_re, self._fresh = None, []
 
+    def _compile(self) -> None:
+        forms = sorted(self._known, key=len, reverse=True)  # longest first: an encoded form wins over its prefix
+        self._known_re = re.compile("|".join(map(re.escape, forms)))
+        short = [f for f in forms if len(f) < 2 * GRAM - 1]
+        self._short_re = re.compile("|".join(map(re.escape, short))) if short else None
+        self._grams = frozenset(f[i:i + GRAM] for f in forms if len(f) >= 2 * GRAM - 1
+                                for i in range(len(f) - GRAM + 1))
+        self._filtered = len(forms) >= FILTER_FROM
+        self._fresh = []
+
+    def _may_hold_known(self, text: str) -> bool:
+        """False only when no compiled secret is in `text`. A secret of 7 or more characters covers
+        one of the 4-character blocks text[0:4], text[4:8] …, which is then one of its pieces; so
+        len(text) / 4 set lookups, however many secrets there are."""
+        if not self._filtered:  # a few secrets: their pattern is quicker than the lookups
+            return True
+        if self._short_re is not None and self._short_re.search(text):
+            return True
+        grams = self._grams
+        for i in range(0, len(text) - GRAM + 1, GRAM):
+            if text[i:i + GRAM] in grams:
+                return True
+        return False
+
     def known(self) -> list[str]:
         return list(self._known)
 
     def __call__(self, text: str) -> str:
         if self._known:
-            if self._known_re is None:  # longest first, so a secret's encoded form wins over its prefix
-                self._known_re = re.compile("|".join(map(re.escape, sorted(self._known, key=len, reverse=True))))
-                self._fresh = []
+            if self._known_re is None:
+                self._compile()
             if self._fresh:
                 for form in sorted(self._fresh, key=len, reverse=True):
                     text = text.replace(form, "***")
-            text = self._known_re.sub("***", text)
+            if self._may_hold_known(text):
+                text = self._known_re.sub("***", text)  # type: ignore[union-attr]
         text = redact_url(text)
         if "@" in text:
             text = _AUTHORITY_FORM.sub(lambda m: f"{m[1]}***@", text)

@@ -3,14 +3,17 @@ the patterns alone scrub."""
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from credhop import scrub
 from credhop.records import Action, Event, Why
 from credhop.scrub import _AUTH_VALUE, Redactor, secret_header_names
-from credhop.urls import redact_url
+from credhop.urls import _USERINFO_HEAD, redact_url
 
 PIECES = ["Authorization", "authorization", "COOKIE", "cookie", "X-Api-Key", "private-token", "Proxy-Authorization",
           ": ", ":", ",", "'", '"', "b'", " ", "\t", "\n", "Basic ", "BEARER ", "bearer", "ntlm ", "Negotiate ",
@@ -87,3 +90,31 @@ def test_a_secret_in_sent_or_in_a_str_subclass_is_scrubbed():
     leaked = token in text
     assert not leaked
     assert redactor.record(record)["event"] is Event.INJECT  # a code is written as it is
+
+
+HEAD_PIECES = ["//", "\\\\", "/\\", "/", "\\", "http:", "HTTPS:", "Https:", "wss:", "WS:", "ftp:", "fTp:", "xhttp:",
+               "\t", " ", "@", "u:p@", "h", "w", "f", "ttp", ":", "é", "\u212a", "ſ", "-", "_", "1"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(HEAD_PIECES), max_size=16).map("".join))
+def test_the_userinfo_head_scan_finds_what_the_plain_pattern_finds(text):
+    # urls._USERINFO_HEAD starts with a lookahead on each alternative's first character, for speed
+    plain = re.compile(r"[\\/]{2}|(?i:\b(?:https?|wss?|ftp)):[\\/\t]*")
+    assert [m.span() for m in _USERINFO_HEAD.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
+@settings(max_examples=600, deadline=None)
+@given(forms=st.lists(st.text(alphabet="ab1%", min_size=4, max_size=12), min_size=1, max_size=40),
+       pieces=st.lists(st.sampled_from(["a", "b", "1", "%", "x", " ", "ab1%", "aab", "%1b"]), max_size=30),
+       cut=st.integers(0, 12))
+def test_secrets_looked_at_by_pieces_are_masked_as_the_whole_pattern_masks_them(forms, pieces, cut):
+    # Redactor._may_hold_known skips the pattern of remembered secrets for text that cannot hold one
+    text = "".join(pieces[: len(pieces) // 2]) + forms[0][cut:] + "".join(pieces[len(pieces) // 2:]) + forms[-1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scrub, "FILTER_FROM", 0)
+        by_pieces, whole = Redactor(), Redactor()
+        by_pieces.remember(forms)
+        whole.remember(forms)
+        whole._may_hold_known = lambda text: True  # type: ignore[method-assign]
+        assert by_pieces(text) == whole(text)
