@@ -121,7 +121,7 @@ class Redactor:
             if self._may_hold_known(text):
                 text = self._known_re.sub("***", text)  # type: ignore[union-attr]
         text = redact_url(text)
-        if "@" in text:
+        if "@" in text and "HTTP/" in text:  # the pattern's lookahead needs both
             text = _AUTHORITY_FORM.sub(lambda m: f"{m[1]}***@", text)
         if text.isascii():
             # on ASCII text (?i) is lower(): without a header name or a scheme word in it, neither

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from credhop import scrub
 from credhop.records import Action, Event, Why
-from credhop.scrub import _AUTH_VALUE, Redactor, secret_header_names
-from credhop.urls import _USERINFO_HEAD, redact_url
+from credhop.scrub import _AUTH_VALUE, _AUTHORITY_FORM, Redactor, secret_header_names
+from credhop.urls import _SIGNED_PARAM, _USERINFO_HEAD, SIGNED_PARAMS, redact_url
 
 PIECES = ["Authorization", "authorization", "COOKIE", "cookie", "X-Api-Key", "private-token", "Proxy-Authorization",
           ": ", ":", ",", "'", '"', "b'", " ", "\t", "\n", "Basic ", "BEARER ", "bearer", "ntlm ", "Negotiate ",
@@ -118,3 +118,25 @@ def test_secrets_looked_at_by_pieces_are_masked_as_the_whole_pattern_masks_them(
         whole.remember(forms)
         whole._may_hold_known = lambda text: True  # type: ignore[method-assign]
         assert by_pieces(text) == whole(text)
+
+
+PARAM_PIECES = ["?", "&", ";", "#", "%3F", "%3f", "%26", "%3D", "%3d", "=", "token", "TOKEN", "sig", "X-Amz-Signature",
+                "api_key", "v", "1", " ", "'", "%", "\u212a", "ſ", "REDACTED"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(PARAM_PIECES), max_size=16).map("".join))
+def test_the_signed_parameter_scan_finds_what_the_plain_pattern_finds(text):
+    # urls._SIGNED_PARAM starts with a lookahead on the first characters its alternatives can have
+    plain = re.compile(r"(?i)((?:[?&;#]|%3F|%26)(?:" + "|".join(re.escape(p) for p in SIGNED_PARAMS) + r")(?:=|%3D))"
+                       r"((?:(?!%26)[^&#\s\"'<>\\])+)")
+    assert [m.span() for m in _SIGNED_PARAM.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(["CONNECT ", "GET ", "u:p@", "h:443", " HTTP/1.1", "HTTP/", "http/", " ", "@", "/"]),
+                max_size=10).map("".join))
+def test_the_authority_form_needs_http_and_an_at_sign(text):
+    # Redactor skips _AUTHORITY_FORM for text without both
+    if _AUTHORITY_FORM.search(text):
+        assert "@" in text and "HTTP/" in text
