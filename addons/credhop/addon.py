@@ -41,11 +41,11 @@ from .destination import Resolver, request_origin, verified_origin
 from .diagnosis import Chain, diagnose
 from .flows import (
     add_header,
-    header_names,
     address_of,
     apply_redirect,
     client_of,
     finish_body,
+    header_names,
     is_transparent,
     is_upstream,
     mark,
