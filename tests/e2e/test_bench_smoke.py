@@ -22,7 +22,7 @@ def test_bench_smoke_run_writes_its_tables(tmp_path, token):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     for heading in ("CPU per request, ratio to bare mitmdump", "Throughput and latency", "Rule matching",
-                    "Redis store against the memory store", "The floor", "Hooks", "Stores", "Memory", "## Reproduce"):
+                    "Redis store against the memory store", "The floor", "Hooks", "Scrubbing what credhop writes", "Stores", "Memory", "## Reproduce"):
         assert heading in text, heading
     data = json.loads(out.with_suffix(".json").read_text())
     shapes = {(r["workload"], r["scheme"]) for r in data["rows"]}
