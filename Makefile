@@ -20,7 +20,7 @@ HOPLOG ?= credhop-hops.jsonl
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither" || true
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps bench bench-deps clean
+.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps bench bench-instructions bench-deps clean
 
 help:
 	@echo "make run    start the proxy (credhop proxy: mitmdump with credhop) and $(RULES) on $(LISTEN_HOST):$(LISTEN_PORT)"
@@ -29,6 +29,7 @@ help:
 	@echo "make clients  run the client matrix and write docs/clients.md"
 	@echo "make demo     uv 0.5.25 through credhop, observe-only (fails) and inject (works), with both reports"
 	@echo "make bench    measure credhop against bare mitmdump (< 10 min) and write docs/performance.md"
+	@echo "make bench-instructions  the same as instructions per request, under valgrind (docs/performance-instructions.md)"
 
 $(VENV)/.installed: pyproject.toml
 	@echo "credhop: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
@@ -56,7 +57,7 @@ fixture: deps
 
 system-deps:
 	@# as root also what tests/e2e/test_transparent.py needs (network namespaces; they skip otherwise)
-	@missing=""; pairs="curl:curl git:git chromium:chromium nginx:nginx redis-server:redis-server haproxy:haproxy"; \
+	@missing=""; pairs="curl:curl git:git chromium:chromium nginx:nginx redis-server:redis-server haproxy:haproxy valgrind:valgrind"; \
 	if [ "$$(id -u)" = 0 ]; then pairs="$$pairs nft:nftables iptables:iptables squid:squid openssl:openssl"; fi; \
 	for pair in $$pairs; do \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
@@ -115,6 +116,10 @@ bench-deps: deps
 
 bench: bench-deps
 	CREDHOP_BENCH_MAKE=1 $(VENV)/bin/python scripts/bench.py $(BENCH_ARGS)
+
+# valgrind (callgrind) counts the instructions: system-deps installs it
+bench-instructions: deps system-deps
+	CREDHOP_BENCH_MAKE=1 $(VENV)/bin/python scripts/bench.py --instructions $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENVS) .tools .pytest_cache .hypothesis

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "addons")]
 
-from scripts.bench import load, micro, rulegen  # noqa: E402
+from scripts.bench import callgrind, load, micro, rulegen  # noqa: E402
 from tests.e2e.harness import clean_env, free_port  # noqa: E402
 from tests.fixtures.fleet import RedisServer  # noqa: E402
 from tests.fixtures.pki import make_pki  # noqa: E402
@@ -49,6 +49,9 @@ class Config:
     args: list[str]
     proc: subprocess.Popen | None = None
     port: int = 0
+    counts: Path | None = None  # under callgrind (--instructions): where it dumps its counts
+    program: list[str] | None = None  # instead of mitmdump: `credhop proxy`, credhop built in
+    pythonpath: str | None = None  # where that credhop is imported from
 
 
 @dataclass
@@ -63,16 +66,29 @@ class Cell:
     wall: float = 0.0
     latencies: list[float] = field(default_factory=list)
     per_round: list[float] = field(default_factory=list)  # CPU per request in each round
+    instructions: int = 0  # --instructions: executed by the mitmdump process (callgrind)
 
 
-def start_mitmdump(config: Config, workdir: Path, confdir: Path, ca: Path, mitmdump: str) -> None:
+def start_mitmdump(config: Config, workdir: Path, confdir: Path, ca: Path, mitmdump: str,
+                   instructions: bool = False, wait: bool = True) -> None:
     config.port = free_port()
-    argv = [mitmdump, "--listen-host", "127.0.0.1", "--listen-port", str(config.port),
+    argv = [*(config.program or [mitmdump]), "--listen-host", "127.0.0.1", "--listen-port", str(config.port),
             "--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={ca}", *config.args]
+    if instructions:
+        config.counts = workdir / f"callgrind-{config.name}.out"
+        argv = callgrind.wrap(argv, config.counts)
     out = (workdir / f"mitmdump-{config.name}.out").open("wb")
-    config.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env={**clean_env(workdir / "home"), "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 120
+    env = {**clean_env(workdir / "home"), "PYTHONUNBUFFERED": "1"}
+    if config.pythonpath:
+        env["PYTHONPATH"] = config.pythonpath
+    config.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if wait:
+        wait_for(config, workdir, confdir, instructions)
+
+
+def wait_for(config: Config, workdir: Path, confdir: Path, instructions: bool = False) -> None:
+    assert config.proc is not None
+    deadline = time.monotonic() + (900 if instructions else 120)  # callgrind: about 50 times slower
     while time.monotonic() < deadline:
         text = (workdir / f"mitmdump-{config.name}.out").read_text(errors="replace")
         if config.proc.poll() is not None:
@@ -118,8 +134,15 @@ def redis_commands(redis: RedisServer) -> int:
 def configs(args: argparse.Namespace, workdir: Path, redis: RedisServer | None = None) -> list[Config]:
     entry = str(Path(args.credhop_src or REPO / "addons") / "credhop.py")
     out = [Config("bare", "bare mitmdump", None, [])]
+    if args.instructions:  # what mitmproxy charges for any `-s` script, before it does anything
+        out.append(Config("empty", "a script with an addon that has no hooks", None,
+                          ["-s", str(REPO / "scripts" / "bench" / "empty.py")]))
     shipped = ["-s", entry, "--set", f"credhop_rules={REPO / 'addons' / 'credhop' / 'rules.yaml'}"]
     out.append(Config("shipped", "credhop, shipped rules", 2, shipped))
+    if args.instructions:  # as `make run` starts it: built into mitmdump's master, no script
+        python = Path(args.mitmdump).parent / "python"
+        out.append(Config("builtin", "`credhop proxy`, shipped rules (built in, no script)", 2, shipped[2:],
+                          program=[str(python), "-m", "credhop", "proxy"], pythonpath=str(Path(entry).parent)))
     for n in args.rule_sets:
         path = workdir / f"rules-{n}.yaml"
         path.write_text(rulegen.to_yaml(rulegen.specs(n)))
@@ -154,7 +177,7 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
     redis: RedisServer | None = None
     cfgs: list[Config] = []
     try:
-        if not args.no_redis:
+        if not args.no_redis and (not args.configs or "redis" in args.configs):
             try:
                 redis = RedisServer(workdir / "redis")
             except FileNotFoundError:
@@ -162,10 +185,15 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
                                    "--no-redis leaves the Redis configuration out") from None
             redis.start()  # --save '' --appendonly no, loopback, its own free port
             log(f"started redis-server on {redis.port} (pid {redis.proc.pid})")  # type: ignore[union-attr]
-        cfgs = configs(args, workdir, redis)
+        cfgs = [c for c in configs(args, workdir, redis) if not args.configs or c.name in ("bare", *args.configs)]
         ports = json.loads(backend.stdout.readline())  # type: ignore[union-attr]
+        # one after the other (each makes the CA on first start); under callgrind, once the CA is there, the
+        # rest at once: a start takes a minute there
+        for n, c in enumerate(cfgs):
+            start_mitmdump(c, workdir, confdir, pki.ca_cert, args.mitmdump, args.instructions,
+                           wait=not args.instructions or n == 0)
         for c in cfgs:
-            start_mitmdump(c, workdir, confdir, pki.ca_cert, args.mitmdump)
+            wait_for(c, workdir, confdir, args.instructions)
             log(f"started {c.name} (pid {c.proc.pid})")  # type: ignore[union-attr]
         ca = str(confdir / "mitmproxy-ca-cert.pem")
         cells: dict[tuple[str, str, str], Cell] = {}
@@ -177,6 +205,8 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
             for w, s in shapes:
                 run = load.Run(ports_list, s, ports, SOURCES[w], ca, w, args.requests, args.threads, f"{r}")
                 cmds0 = redis_commands(redis) if redis else 0  # outside the CPU interval
+                for c in cfgs if args.instructions else ():
+                    callgrind.zero(c.proc.pid)  # type: ignore[union-attr]
                 cpu0 = [cpu_seconds(c.proc.pid) for c in cfgs]  # type: ignore[union-attr]
                 bcpu0 = cpu_seconds(backend.pid)
                 rcpu0 = cpu_seconds(redis.proc.pid) if redis else 0.0  # type: ignore[union-attr]
@@ -185,10 +215,13 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
                 bcpu1 = cpu_seconds(backend.pid)
                 rcpu1 = cpu_seconds(redis.proc.pid) if redis else 0.0  # type: ignore[union-attr]
                 cmds1 = redis_commands(redis) - 1 if redis else 0  # less our first INFO
+                counted = [callgrind.dump(c.proc.pid, c.counts) if args.instructions else 0  # type: ignore
+                           for c in cfgs]
                 total = sum(o.requests for o in outcomes) or 1
-                for c, outcome, a, b in zip(cfgs, outcomes, cpu0, cpu1):
+                for c, outcome, a, b, n in zip(cfgs, outcomes, cpu0, cpu1, counted):
                     cell = cells.setdefault((c.name, w, s), Cell())
                     cell.cpu += b - a
+                    cell.instructions += n
                     # the backend served every configuration at once: its CPU shared out by requests
                     cell.backend_cpu += (bcpu1 - bcpu0) * outcome.requests / total
                     if c.name == "redis":  # only that mitmdump talks to redis-server
@@ -249,6 +282,9 @@ def ratio_rows(cfgs: list[Config], cells: dict, args: argparse.Namespace) -> lis
                     # mitmdump and its redis-server together, against bare mitmdump
                     "total_cpu_ratio": (cell.cpu + cell.redis_cpu) / cell.requests / b_cpu,
                     "requests": cell.requests, "authed": cell.authed, "errors": cell.errors,
+                    "instructions": cell.instructions / cell.requests,
+                    "instructions_ratio": cell.instructions / cell.requests / (bare.instructions / bare.requests)
+                    if bare.instructions else float("nan"),
                 })
     return rows
 
@@ -393,6 +429,9 @@ def write_report(args: argparse.Namespace, rows: list[dict], micro_out: dict, st
             above = worst["shipped"] - worst.get("floorlog", worst[floors[0]])
             lines.append(f"| {w} | x{targets.get(w, 1.05):.2f} | " + " | ".join(f"x{worst[c]:.2f}" for c in floors)
                          + f" | x{worst['shipped']:.2f} | {above:+.2f} |")
+        lines += ["", "Below the noise of CPU time: `make bench-instructions` counts the instructions per request of "
+                  "the same configurations under callgrind ([performance-instructions.md](performance-instructions.md)), "
+                  "with what any `-s` script and one info line cost on their own."]
     if judged:
         lines += ["", "Where the rest goes: `scripts/bench/hook_cpu.py` loaded after credhop in a running mitmdump "
                   "(thread CPU per call, HTTP, 6,000 requests, one client), 2026-12-02 after the second round of "
@@ -489,6 +528,82 @@ def write_report(args: argparse.Namespace, rows: list[dict], micro_out: dict, st
     return "\n".join(lines)
 
 
+def write_instruction_report(args: argparse.Namespace, rows: list[dict], started: float, duration: float) -> str:
+    names = {r["config"]: r["label"] for r in rows}
+    configs_ = [c for c in dict.fromkeys(r["config"] for r in rows) if c != "bare"]
+    lines = [
+        "# credhop performance: instructions per request",
+        "",
+        f"Generated by `{args.command}` on {datetime.fromtimestamp(started, timezone.utc):%Y-%m-%d %H:%M} UTC "
+        f"in {duration / 60:.1f} minutes. Do not edit: run it again. The CPU-time figures are in "
+        "[performance.md](performance.md).",
+        "",
+        *machine(),
+        "",
+        "Each configuration is a real mitmdump process run under valgrind's callgrind, all of them at once, with "
+        "the same interleaved clients as `make bench` (scripts/bench/load.py). After a warm-up the counts are "
+        f"zeroed, {args.requests} requests per configuration and workload are sent, and the instructions the "
+        "process executed are read back (`callgrind_control`). The figure is instructions per request as a ratio "
+        "to bare mitmdump, with the difference in thousands of instructions. Unlike CPU time it hardly moves "
+        "between runs (about 0.1 %), so it shows what a commit changed below the noise of CPU time. It is not "
+        "time: cache misses, system calls and the kernel are not in it, and credhop's code costs more time per "
+        "instruction than mitmproxy's average under load, so a CPU ratio is larger than the instruction ratio.",
+        "",
+        "**a script with an addon that has no hooks** (scripts/bench/empty.py) is what mitmproxy charges for "
+        "loading any `-s` script: every event of every flow, and the `update` event after each, walks the addon "
+        "chain down to the script's addon. **floor** is scripts/bench/floor.py, the least any addon does for "
+        "credhop's job (see performance.md).",
+        "",
+        "Workloads: " + "; ".join(f"**{w}**: {load.WORKLOADS[w]}" for w in args.workloads) + ".",
+        "",
+        "| workload | scheme | bare mitmdump (instructions/request) | "
+        + " | ".join(names[c] for c in configs_) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in configs_) + " |",
+    ]
+    for w in args.workloads:
+        for s in args.schemes:
+            by = {r["config"]: r for r in rows if r["workload"] == w and r["scheme"] == s}
+            bare = by["bare"]["instructions"]
+            lines.append(f"| {w} | {s} | {bare / 1e6:.2f} M | " + " | ".join(
+                f"**x{fmt(by[c]['instructions_ratio'], 3)}** ({(by[c]['instructions'] - bare) / 1e3:+,.0f} k)"
+                for c in configs_) + " |")
+    lines += ["", *_instruction_findings(args, rows), "", "## Reproduce", "", f"```\n{args.command}\n```"]
+    return "\n".join(lines) + "\n"
+
+
+def _instruction_findings(args: argparse.Namespace, rows: list[dict]) -> list[str]:
+    """What the table says, worked out from this run's rows (thousands of instructions, first scheme)."""
+    per = {(r["config"], r["workload"]): r["instructions"] / 1e3 for r in rows if r["scheme"] == args.schemes[0]}
+
+    def over(config: str, workload: str) -> float | None:  # above bare mitmdump, per request
+        if (config, workload) not in per or ("bare", workload) not in per:
+            return None
+        return per[config, workload] - per["bare", workload]
+
+    out = ["## What it shows", ""]
+    if (tax := over("empty", "plain")) is not None:
+        out.append(f"- **Any script.** A `-s` script whose addon has no hooks costs {tax:,.0f} k instructions per "
+                   "plain request: mitmproxy walks down to its addon for every event of every flow.")
+    script, built_in = over("shipped", "download"), over("builtin", "download")
+    if script is not None and built_in is not None:
+        out.append(f"- **`credhop proxy`** (credhop built in, as `make run` starts it) costs {built_in:,.0f} k per "
+                   f"download request, `mitmdump -s addons/credhop.py` {script:,.0f} k.")
+    floor, floorlog = over("floor", "redirect"), over("floorlog", "redirect")
+    shipped, quiet = over("shipped", "redirect"), over("quiet", "redirect")
+    if None not in (floor, floorlog, shipped, quiet):
+        pair = 2 * per["bare", "redirect"]  # a redirect and its follow-up; one info line each
+        line, credhop_line = 2 * (floorlog - floor), 2 * (shipped - quiet)  # type: ignore[operator]
+        out.append(f"- **One info line** costs the floor {line:,.0f} k instructions, {100 * line / pair:.1f} % of what "
+                   f"bare mitmdump spends on a redirect and its follow-up, nearly all of it in mitmproxy's log "
+                   f"handlers; credhop's line costs {credhop_line:,.0f} k (the line made and scrubbed, then the same "
+                   "handlers).")
+        out.append(f"- **Above the floor** with its info line: credhop costs {shipped - floorlog:+,.0f} k per request "  # type: ignore[operator]
+                   "on redirects" + (f", {script - dl_floor:+,.0f} k per download request"
+                                     if script is not None and (dl_floor := over("floor", "download")) is not None
+                                     else "") + ".")
+    return out
+
+
 def draw_chart(rows: list[dict], micro_rules: list[dict], path: Path, required: bool) -> bool:
     try:
         import matplotlib
@@ -553,14 +668,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path)
     p.add_argument("--compare", type=Path, default=REPO / "docs" / "performance-before.json",
                    help="a previous run's JSON, shown as before -> now")
+    p.add_argument("--instructions", action="store_true",
+                   help="count instructions under callgrind instead (make bench-instructions)")
+    p.add_argument("--configs", nargs="*", help="only these configurations (bare is always run)")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--instructions", action="store_true")
+    if pre.parse_known_args(argv)[0].instructions:  # a slower process: fewer requests, one round, no micro
+        p.set_defaults(out=REPO / "docs" / "performance-instructions.md", requests=200, rounds=1, threads=2,
+                       rule_sets=[10000], schemes=["http"], no_micro=True, compare=None)
     args = p.parse_args(argv)
-    args.command = "make bench" if os.environ.get("CREDHOP_BENCH_MAKE") else \
+    if args.instructions and not callgrind.available():
+        p.error("--instructions needs valgrind and callgrind_control (make system-deps installs them)")
+    args.command = ("make bench-instructions" if args.instructions else "make bench") \
+        if os.environ.get("CREDHOP_BENCH_MAKE") else \
         "python scripts/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.smoke:
         args.requests, args.rounds, args.threads = 42, 1, 1
         args.rule_sets, args.match_counts = [100], [10, 100]
         args.credentials, args.pending, args.micro_budget = 2000, 500, 0.01
         args.compare = None
+        if args.instructions:
+            args.requests = 21
     chart = args.chart or args.out.with_name(args.out.stem + "-rules.png")
     started = time.time()
 
@@ -576,6 +704,12 @@ def main(argv: list[str] | None = None) -> int:
             cfgs, cells, _ = e2e(args, workdir, log)
             rows = ratio_rows(cfgs, cells, args)
             log("end-to-end done")
+    if args.instructions:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(write_instruction_report(args, rows, started, time.time() - started))
+        args.out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1))
+        log(f"wrote {args.out}")
+        return 0
     if not args.no_micro:
         micro_out["rules"] = micro.rule_matching(args.match_counts, args.micro_budget)
         log("rule matching done")

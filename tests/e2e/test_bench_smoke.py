@@ -39,3 +39,27 @@ def test_bench_smoke_run_writes_its_tables(tmp_path, token):
             assert (row["authed"] > 0) == (row["config"] != "bare"), row
     # the backend's userinfo secret is in no output (the hop log, mitmdump's output, the report)
     assert_no_leak(all_text_under(tmp_path) + proc.stdout + proc.stderr, secret_forms(token, user="aws"), "bench output")
+
+
+def test_bench_instructions_smoke_run_counts_every_configuration(tmp_path, token):
+    """`make bench-instructions` keeps working: mitmdump under callgrind, tiny counts. Instructions per
+    request must be a mitmdump's (millions), for every configuration: zero or a few thousand would be an
+    idle process or a count read from the wrong dump. No test compares them: tiny runs are noisy."""
+    mitmdump = tool("CREDHOP_MITMDUMP", "mitmdump")
+    tool("CREDHOP_VALGRIND", "valgrind")
+    out = tmp_path / "performance-instructions.md"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--instructions", "--smoke",
+                           "--configs", "shipped", "builtin", "floor", "--workloads", "download",
+                           "--out", str(out), "--mitmdump", mitmdump, "--workdir", str(tmp_path / "work")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "CREDHOP_BENCH_TOKEN": token})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| download | http |" in out.read_text()
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {r["config"] for r in rows} == {"bare", "shipped", "builtin", "floor"}
+    for row in rows:
+        assert row["requests"] > 0 and row["errors"] == 0, row
+        assert 1e6 < row["instructions"] < 1e9, row
+        # credhop as a script and built in (`credhop proxy`), and the floor, injected; bare never does
+        assert (row["authed"] > 0) == (row["config"] != "bare"), row
+    assert_no_leak(all_text_under(tmp_path) + proc.stdout + proc.stderr, secret_forms(token, user="aws"), "bench output")
