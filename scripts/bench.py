@@ -66,7 +66,9 @@ class Cell:
     wall: float = 0.0
     latencies: list[float] = field(default_factory=list)
     per_round: list[float] = field(default_factory=list)  # CPU per request in each round
-    instructions: int = 0  # --instructions: executed by the mitmdump process (callgrind)
+    instructions: float = 0  # --instructions: executed by the mitmdump process (callgrind), less its idle work
+    counted: float = 0.0  # seconds the instructions were counted over
+    idle_rate: float = 0.0  # instructions a second the process executes with no request
 
 
 def start_mitmdump(config: Config, workdir: Path, confdir: Path, ca: Path, mitmdump: str,
@@ -207,6 +209,7 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
                 cmds0 = redis_commands(redis) if redis else 0  # outside the CPU interval
                 for c in cfgs if args.instructions else ():
                     callgrind.zero(c.proc.pid)  # type: ignore[union-attr]
+                counted0 = time.monotonic()
                 cpu0 = [cpu_seconds(c.proc.pid) for c in cfgs]  # type: ignore[union-attr]
                 bcpu0 = cpu_seconds(backend.pid)
                 rcpu0 = cpu_seconds(redis.proc.pid) if redis else 0.0  # type: ignore[union-attr]
@@ -217,11 +220,13 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
                 cmds1 = redis_commands(redis) - 1 if redis else 0  # less our first INFO
                 counted = [callgrind.dump(c.proc.pid, c.counts) if args.instructions else 0  # type: ignore
                            for c in cfgs]
+                counted1 = time.monotonic()
                 total = sum(o.requests for o in outcomes) or 1
                 for c, outcome, a, b, n in zip(cfgs, outcomes, cpu0, cpu1, counted):
                     cell = cells.setdefault((c.name, w, s), Cell())
                     cell.cpu += b - a
                     cell.instructions += n
+                    cell.counted += counted1 - counted0
                     # the backend served every configuration at once: its CPU shared out by requests
                     cell.backend_cpu += (bcpu1 - bcpu0) * outcome.requests / total
                     if c.name == "redis":  # only that mitmdump talks to redis-server
@@ -234,6 +239,8 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
                     cell.latencies += outcome.latencies
                     cell.per_round.append((b - a) / max(1, outcome.requests))
             log(f"round {r + 1}/{args.rounds} done")
+        if args.instructions:
+            idle_work(cfgs, cells, log)
         for c in cfgs:
             if c.proc and c.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump ({c.name}) died during the run")
@@ -249,6 +256,28 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
 
 
 # -- report ---------------------------------------------------------------------------------------------
+
+IDLE_SECONDS = 10
+
+
+def idle_work(cfgs: list[Config], cells: dict, log) -> None:
+    """Take off what each process executes when no request comes: timers (the script and rules file
+    watchers, a second each) run by the clock, and a request takes up to a second of wall time under
+    callgrind, so their share would otherwise change with how many processes share the machine."""
+    for c in cfgs:
+        callgrind.zero(c.proc.pid)  # type: ignore[union-attr]
+    start = time.monotonic()
+    time.sleep(IDLE_SECONDS)
+    idle = [callgrind.dump(c.proc.pid, c.counts) for c in cfgs]  # type: ignore[union-attr,arg-type]
+    seconds = time.monotonic() - start
+    for c, n in zip(cfgs, idle):
+        rate = n / seconds
+        log(f"{c.name}: {rate / 1e3:,.0f} k instructions a second when idle")
+        for (name, _, _), cell in cells.items():
+            if name == c.name:
+                cell.instructions -= rate * cell.counted
+                cell.idle_rate = rate
+
 
 def pct(values: list[float], q: float) -> float:
     if not values:
@@ -283,6 +312,7 @@ def ratio_rows(cfgs: list[Config], cells: dict, args: argparse.Namespace) -> lis
                     "total_cpu_ratio": (cell.cpu + cell.redis_cpu) / cell.requests / b_cpu,
                     "requests": cell.requests, "authed": cell.authed, "errors": cell.errors,
                     "instructions": cell.instructions / cell.requests,
+                    "idle_instructions_per_second": cell.idle_rate,
                     "instructions_ratio": cell.instructions / cell.requests / (bare.instructions / bare.requests)
                     if bare.instructions else float("nan"),
                 })
@@ -543,7 +573,9 @@ def write_instruction_report(args: argparse.Namespace, rows: list[dict], started
         "Each configuration is a real mitmdump process run under valgrind's callgrind, all of them at once, with "
         "the same interleaved clients as `make bench` (scripts/bench/load.py). After a warm-up the counts are "
         f"zeroed, {args.requests} requests per configuration and workload are sent, and the instructions the "
-        "process executed are read back (`callgrind_control`). The figure is instructions per request as a ratio "
+        "process executed are read back (`callgrind_control`), less what it executes when idle (timers such as "
+        f"the file watchers; measured over {IDLE_SECONDS} s at the end, times the seconds counted: under callgrind a "
+        "request takes up to a second). The figure is instructions per request as a ratio "
         "to bare mitmdump, with the difference in thousands of instructions. Unlike CPU time it hardly moves "
         "between runs (about 0.1 %), so it shows what a commit changed below the noise of CPU time. It is not "
         "time: cache misses, system calls and the kernel are not in it, and credhop's code costs more time per "
