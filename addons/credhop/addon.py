@@ -68,7 +68,7 @@ from .records import (
 from .report import render_text, summary_line
 from .rules import MAX_TTL, RulesError, RuleSet, load_rules
 from .scrub import Redactor, SecretFilter, secret_header_names
-from .sinks import Counters, EventLog, HopLogFile, RecentChains, Sinks
+from .sinks import Counters, EventLog, HopLogFile, NotForAddLog, RecentChains, Sinks, is_legacy_handler
 from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable
 from .urls import Origin, normalize_url, redact_url
 
@@ -106,6 +106,7 @@ class CredHop:
         self.recent = RecentChains(self._chain_failed)
         self.redactor = Redactor()
         self.filter = SecretFilter(self.redactor)
+        self.not_for_add_log = NotForAddLog()
         self.event_log = EventLog(self.redactor)
         self.hoplog: HopLogFile | None = None
         self.sinks = Sinks(self.counters, self.recent, self.event_log)
@@ -135,6 +136,8 @@ class CredHop:
             self._fail(loader.master, problem)
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.filter)
+            if is_legacy_handler(handler):
+                handler.addFilter(self.not_for_add_log)
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -237,6 +240,7 @@ class CredHop:
         self._use_stores(MemoryStore(clock=self.clock), MemoryPending(clock=self.clock), None)
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self.filter)
+            handler.removeFilter(self.not_for_add_log)
 
     def _fail(self, master: Any, message: str, error: Exception | None = None) -> None:
         """A setting credhop cannot use. While starting mitmdump/mitmweb: one line and exit, before the

@@ -216,3 +216,25 @@ def test_a_log_record_is_scrubbed_once_however_many_handlers_it_passes():
     secret_filter.redactor = Counting()  # another redactor (the option changed): it scrubs again
     secret_filter.filter(record)
     assert len(calls) == 2
+
+
+def test_hop_lines_skip_only_the_deprecated_add_log_event(hop, caplog):
+    """mitmproxy's LegacyLogEvents handler would format each hop line again and offer it to every addon's
+    add_log hook (deprecated since mitmproxy 9): the hop lines skip that one handler. Every other
+    handler still gets them, and credhop's other lines still reach add_log."""
+    legacy = [h for h in logging.getLogger().handlers if type(h).__name__ == "LegacyLogEvents"]
+    assert legacy, "the taddons master installs mitmproxy's own LegacyLogEvents handler"
+
+    def passes(handler, record):  # the filters on it (its own check ties it to the test's set-up phase)
+        return logging.Filterer.filter(handler, record)
+
+    caplog.set_level(logging.INFO, logger="credhop")
+    run_redirect(hop, f"https://aws:{ENCODED}@registry.example/simple/pkg/")
+    hop_lines = [r for r in caplog.records if r.name == "credhop" and "redirect:" in r.getMessage()]
+    assert hop_lines, [r.getMessage() for r in caplog.records]
+    assert caplog.handler.filter(hop_lines[0])  # any other handler: kept
+    assert not any(passes(h, hop_lines[0]) for h in legacy)
+    other = logging.LogRecord("credhop", logging.WARNING, __file__, 1, "credhop: rules file broken", None, None)
+    assert all(passes(h, other) for h in legacy)
+    hop.addon.done()  # unloaded: mitmproxy's handler as it was
+    assert all(passes(h, hop_lines[0]) for h in legacy)
