@@ -470,7 +470,8 @@ def write_report(args: argparse.Namespace, rows: list[dict], micro_out: dict, st
                   "- a 302 with userinfo (`responseheaders`): `decide_redirect` about a quarter (reading the "
                   "Location, the rule, the fingerprint, the header rendered); its one info line about 30 % (the "
                   "line scrubbed, then mitmproxy's handlers: LogRecord, the terminal, and the deprecated `add_log` "
-                  "event, which in a separate run was about 0.03 of the redirect ratio by itself); the "
+                  "event; since then the hop lines skip that event, which under callgrind was 720 k of the 820 k "
+                  "instructions a line cost, see performance-instructions.md); the "
                   "3xx rewrite about 7 %; the hop record and its other sinks about 15 %; the grant, the pending "
                   "follow-up and the chain id the rest;",
                   "- its follow-up: `requestheaders` about half of what the 302 costs (the pending follow-up "
@@ -626,9 +627,9 @@ def _instruction_findings(args: argparse.Namespace, rows: list[dict]) -> list[st
         pair = 2 * per["bare", "redirect"]  # a redirect and its follow-up; one info line each
         line, credhop_line = 2 * (floorlog - floor), 2 * (shipped - quiet)  # type: ignore[operator]
         out.append(f"- **One info line** costs the floor {line:,.0f} k instructions, {100 * line / pair:.1f} % of what "
-                   f"bare mitmdump spends on a redirect and its follow-up, nearly all of it in mitmproxy's log "
-                   f"handlers; credhop's line costs {credhop_line:,.0f} k (the line made and scrubbed, then the same "
-                   "handlers).")
+                   "bare mitmdump spends on a redirect and its follow-up, most of it in mitmproxy's deprecated "
+                   f"`add_log` event; credhop's line, which skips that event, costs {credhop_line:,.0f} k (the line "
+                   "made and scrubbed, the terminal).")
         out.append(f"- **Above the floor** with its info line: credhop costs {shipped - floorlog:+,.0f} k per request "  # type: ignore[operator]
                    "on redirects" + (f", {script - dl_floor:+,.0f} k per download request"
                                      if script is not None and (dl_floor := over("floor", "download")) is not None
