@@ -630,10 +630,12 @@ def _instruction_findings(args: argparse.Namespace, rows: list[dict]) -> list[st
                    "bare mitmdump spends on a redirect and its follow-up, most of it in mitmproxy's deprecated "
                    f"`add_log` event; credhop's line, which skips that event, costs {credhop_line:,.0f} k (the line "
                    "made and scrubbed, the terminal).")
+        downloads = ""
+        dl_floor = over("floor", "download")
+        if script is not None and dl_floor is not None:
+            downloads = f", {script - dl_floor:+,.0f} k per download request"
         out.append(f"- **Above the floor** with its info line: credhop costs {shipped - floorlog:+,.0f} k per request "  # type: ignore[operator]
-                   "on redirects" + (f", {script - dl_floor:+,.0f} k per download request"
-                                     if script is not None and (dl_floor := over("floor", "download")) is not None
-                                     else "") + ".")
+                   f"on redirects{downloads}.")
     return out
 
 

@@ -46,7 +46,7 @@ def dump(pid: int, out: Path) -> int:
     while time.monotonic() < deadline:
         for path in set(out.parent.glob(out.name + ".*")) - before:
             found = _TOTAL.search(path.read_bytes())
-            if found:  # written in full: the total comes last
+            if found:  # the header's `summary:` line has the total; a dump still being written has it too
                 return int(found.group(1))
         time.sleep(0.1)
     raise RuntimeError(f"callgrind wrote no dump for pid {pid} in {out.parent}")

@@ -84,6 +84,9 @@ def test_installed_credhop_proxy_serves_uv_0_5_25(installed_credhop, registry_fa
     assert any(r.path.endswith(registry.index.wheel.name) for r in index_requests)
     assert all(r.header("authorization") == [expected_authorization(token)] for r in index_requests)
     assert any(r["event"] == "inject" and r["rule"] == "default" for r in proxy.records())
+    # the hop's info line reached the terminal: it skips only mitmproxy's deprecated add_log event
+    assert any(" redirect: " in line and "action=inject credential user=aws" in line
+               for line in proxy.output.splitlines()), proxy.output[-2000:]
     assert_no_leak(proxy.output, forms, "credhop proxy output")
     assert_no_leak(proxy.hoplog.read_text() + result.output, forms, "hop log, uv output")
     assert_no_leak(all_text_under(tmp_path), forms, "files the run wrote (hop log, caches, target)")
