@@ -27,7 +27,7 @@ from mitmproxy.proxy import mode_specs
 from . import exposure
 from .backends import make_metrics, make_stores
 from .bodies import Replacer, Scrubber
-from .credentials import Fingerprinter
+from .credentials import Fingerprinter, injected_forms
 from .decide import (
     REDIRECTS,
     FollowUp,
@@ -54,7 +54,8 @@ from .flows import (
     url_of,
 )
 from .leaks import Injected, SentSecret, as_injected, secrets_sent
-from .options import declare, deferred_problem, fingerprint_key
+from .options import check_choices, declare, deferred_problem, fingerprint_key
+from .output import redact_dumper, unredact_dumper, unredacted_warning
 from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
 from .records import (
     Action,
@@ -138,6 +139,7 @@ class CredHop:
             handler.addFilter(self.filter)
             if is_legacy_handler(handler):
                 handler.addFilter(self.not_for_add_log)
+        redact_dumper(loader.master, lambda: self.redactor)  # flow lines bypass logging
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -148,6 +150,7 @@ class CredHop:
     def _configure(self, updated: set[str]) -> None:
         """Check every changed option before changing anything: a refused value leaves all as it was."""
         opts = ctx.options
+        check_choices(opts, updated)
         ttl, observe, headers = self.ttl, self.observe, self.secret_headers
         if "credhop_ttl" in updated:
             if not 0 < opts.credhop_ttl <= MAX_TTL:
@@ -222,6 +225,9 @@ class CredHop:
         self._running = True
         for line in exposure.warnings(_listeners(), bool(getattr(ctx.options, "proxyauth", None))):
             log.warning("%s", line)
+        warning = unredacted_warning(ctx.options, ctx.master)
+        if warning:
+            log.warning("credhop: %s", warning)
         try:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_rules())
         except RuntimeError:  # no event loop (unit tests): reload by command only
@@ -241,6 +247,7 @@ class CredHop:
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self.filter)
             handler.removeFilter(self.not_for_add_log)
+        unredact_dumper(ctx.master)
 
     def _fail(self, master: Any, message: str, error: Exception | None = None) -> None:
         """A setting credhop cannot use. While starting mitmdump/mitmweb: one line and exit, before the
@@ -373,6 +380,8 @@ class CredHop:
             if len(self._injected) >= MAX_INJECTED:
                 self._injected.clear()
             injected = self._injected[key] = as_injected(grant.header, grant.value, self.fingerprint)
+            # a grant another instance took in was never read here: mask it as injected, once per grant
+            self.redactor.remember(injected_forms(grant.value))
         state.injected = injected
         state.sent = None
 

@@ -9,7 +9,10 @@ from mitmproxy import exceptions
 
 from .metrics import parse_listen
 from .pending import MemoryPending
+from .scrub import printable
 from .store import Clock, MemoryStore
+
+STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")  # redis_store.connect's
 
 
 def make_stores(opts: Any, clock: Clock, observer: Callable[[str, float, str | None], None]) -> tuple[Any, Any, Any]:
@@ -17,6 +20,12 @@ def make_stores(opts: Any, clock: Clock, observer: Callable[[str, float, str | N
     url = opts.credhop_store.strip()
     if url == "memory":
         return MemoryStore(opts.credhop_max_credentials, clock=clock), MemoryPending(clock=clock), None
+    scheme, has_scheme, _ = url.partition("://")
+    if not has_scheme or scheme.lower() not in STORE_SCHEMES:
+        # before the key and the redis package are asked for: 'memroy' is a typo, not a Redis URL
+        shown = f"{scheme}://…" if has_scheme else printable(url[:40], one_line=True)
+        raise exceptions.OptionsError(f"credhop_store={shown!r}: not 'memory' or a URL of "
+                                      f"{', '.join(s + '://' for s in STORE_SCHEMES)}")
     try:
         from .redis_store import RedisLink, RedisPending, RedisStore, StoreConfigError, connect, describe
         from .sealing import KeyFileError, Sealer

@@ -97,7 +97,21 @@ def _secret_forms(user: str, password: str) -> frozenset[str]:
         encoded = urllib.parse.quote(secret, safe="", errors="surrogateescape")
         forms |= {secret, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), encoded),
                   urllib.parse.quote(secret, safe="!$&'()*+,;=-._~", errors="surrogateescape")}
+        forms |= base64_cores(secret.encode("utf-8", "surrogateescape"))
     return frozenset(f for f in forms if len(f) >= 4)
+
+
+def base64_cores(secret: bytes) -> set[str]:
+    """The base64 characters that depend on `secret` alone, at each of the three byte offsets it can
+    have inside a longer encoded value (`Basic base64(user:secret)`, a JWT, a JSON blob): whatever
+    surrounds it, its encoding holds one of these."""
+    cores = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + secret).decode()
+        first = -(-8 * offset // 6)  # the first character with no bit of the bytes before it
+        last = 8 * (offset + len(secret)) // 6  # the characters before it have no bit of the bytes after
+        cores.add(encoded[first:last])
+    return cores
 
 
 class Fingerprinter:
@@ -174,3 +188,19 @@ def credential_from_header(name: str, value: str) -> tuple[str | None, Credentia
         except (ValueError, UnicodeDecodeError):
             pass
     return scheme, Credential(param.strip() if scheme else value, "")
+
+
+def injected_forms(value: str) -> frozenset[str]:
+    """Every spelling of a header value credhop injects worth scrubbing: the value, its parameter
+    after an auth scheme word, and for Basic the forms of the user and password it encodes."""
+    forms = {value}
+    word, _, param = value.strip().partition(" ")
+    param = param.strip()
+    if param and word.lower() in AUTH_SCHEMES:
+        forms.add(param)
+        scheme, credential = credential_from_header("authorization", value)
+        if scheme == "Basic":
+            forms |= _secret_forms(credential.user, credential.password)
+    forms |= base64_cores((param or value).encode("utf-8", "surrogateescape"))
+    return frozenset(f for f in forms if len(f) >= 4)
+

@@ -34,11 +34,14 @@ def client_of(flow: http.HTTPFlow, client_id: str = "address") -> str:
     mitmproxy's proxyauth authenticated for the connection (flow.metadata["proxyauth"] is
     (user, password) on mitmproxy 10.4 to 12; only the user is read). A request without one gets
     an identity of its own connection, which no other connection shares."""
+    if client_id == "address":
+        return address_of(flow)
     if client_id == "proxyauth":
         auth = flow.metadata.get("proxyauth")
         user = auth[0] if isinstance(auth, (tuple, list)) and auth and isinstance(auth[0], str) else None
         return f"user:{user}" if user else f"connection:{flow.client_conn.id}"
-    return address_of(flow)
+    # never a fallback to the address: a misspelled choice would let users behind one address share grants
+    raise ValueError(f"unknown credhop_client_id {client_id!r}")
 
 
 def origin_of(flow: http.HTTPFlow) -> Origin:

@@ -16,6 +16,7 @@ from mitmproxy.addons.script import ScriptLoader
 from mitmproxy.tools import cmdline, dump, main
 
 from .addon import CredHop
+from .options import deferred_problem
 
 PROG = "credhop proxy"
 
@@ -44,6 +45,13 @@ class CredHopDumpMaster(dump.DumpMaster):
         # option when it loads): hand credhop the defaults nobody set, such as the packaged rules,
         # now that the command line and config.yaml are in and before the proxy listens
         defaults = {name for name in self.options.keys() if name.startswith("credhop_")} - self._configured
+        # a name no addon declared stays deferred (mitmproxy keeps it for a script that may declare it
+        # later); `-s` scripts have loaded by now, so a credhop_* name left over is a typo, from
+        # --set or config.yaml alike, and is refused as `mitmdump -s` refuses it
+        problem = deferred_problem(self.options, self.credhop.redactor)
+        if problem:
+            print(f"credhop: {problem}", file=sys.stderr)
+            sys.exit(1)
         try:
             self.addons.invoke_addon_sync(self.credhop, hooks.ConfigureHook(defaults))
         except exceptions.OptionsError as e:

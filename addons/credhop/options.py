@@ -17,7 +17,7 @@ from typing import Any
 from mitmproxy import exceptions
 
 from .rules import MAX_TTL
-from .scrub import DEFAULT_SECRET_HEADERS, Redactor
+from .scrub import DEFAULT_SECRET_HEADERS, Redactor, printable
 
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")  # package data: shipped in the wheel
 PREFIX = "credhop_"
@@ -72,6 +72,18 @@ def declare(loader: Any) -> None:
     for option in OPTIONS:
         extra = {"choices": list(option.choices)} if option.choices else {}
         loader.add_option(option.name, option.type, option.default, option.help, **extra)
+
+
+def check_choices(options: Any, updated: set[str]) -> None:
+    """An option with a fixed set of values takes nothing else. Raises OptionsError naming them:
+    mitmproxy checks `choices` only in its own UIs, and a typo must not fall back to a default."""
+    for option in OPTIONS:
+        if option.choices and option.name in updated:
+            value = getattr(options, option.name)
+            if value not in option.choices:
+                allowed = ", ".join(repr(c) for c in option.choices)
+                raise exceptions.OptionsError(f"{option.name}={printable(str(value)[:80], one_line=True)!r}: "
+                                              f"not one of {allowed}")
 
 
 def deferred_problem(options: Any, redactor: Redactor) -> str | None:

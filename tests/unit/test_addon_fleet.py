@@ -20,7 +20,7 @@ LOCATION = f"https://aws:{ENCODED}@registry.example/simple/pkg/"
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"credhop_store": "redis://127.0.0.1:1/0"}, "needs credhop_store_key"),
-     ({"credhop_store": "http://127.0.0.1:1/"}, "must be 'memory' or a redis"),
+     ({"credhop_store": "http://127.0.0.1:1/"}, "not 'memory' or a URL of redis:"),
      ({"credhop_store_timeout": 0}, "1..10000 milliseconds"),
      ({"credhop_client_id": "proxyauth"}, "needs mitmproxy's --proxyauth"),
      ({"credhop_metrics": "nonsense"}, "HOST:PORT")],
