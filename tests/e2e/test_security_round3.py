@@ -178,3 +178,33 @@ def test_proxyauth_spelled_right_still_starts(pki, tmp_path):
     with Mitmdump(tmp_path / "proxy", pki.ca_cert,
                   options={"credhop_client_id": "proxyauth", "proxyauth": "alice:pw"}) as proxy:
         assert proxy.proc is not None and proxy.proc.poll() is None
+
+
+def test_mitmwebs_event_view_holds_no_secret_and_its_flow_view_is_warned_about(servers, pki, tmp_path):
+    """mitmweb's event view is a logging handler (EventStore): credhop's filter scrubs it. Its flow
+    view shows the request as sent, which credhop cannot scrub: it says so once at start."""
+    import json
+    import urllib.request
+
+    from tests.e2e.harness import ENTRY_SCRIPT, free_port, tool
+
+    redirector, index, routes = servers
+    web_port = free_port()
+    mitmweb = str(Path(tool("CREDHOP_MITMDUMP", "mitmdump")).with_name("mitmweb"))
+    with Mitmdump(tmp_path / "web", pki.ca_cert, command=[mitmweb, "-s", str(ENTRY_SCRIPT)],
+                  rules=Path("addons/credhop/rules.yaml").resolve(),
+                  options={"web_port": str(web_port), "web_host": "127.0.0.1", "web_open_browser": "false",
+                           "web_password": "round3-web"}) as proxy:
+        follow(proxy, redirector, routes, "/web/t", f"http://{USER}:{TOKEN}@localhost:{index.port}/web/t")
+        # userinfo in a client's own request line: mitmproxy refuses it and logs the line itself
+        raw_get(proxy, f"http://{USER}:{TOKEN}@localhost:{index.port}/web/raw")
+        answer = urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{web_port}/events", headers={"Authorization": "Bearer round3-web"}), timeout=20)
+        events = json.loads(answer.read())
+    text = "\n".join(str(e.get("message", "")) for e in events)
+    assert "redirect: 302" in text and "action=inject" in text  # credhop's line is in the event view
+    assert f"{USER}:***@localhost" in text  # mitmproxy's own line, scrubbed
+    assert_no_leak(text, FORMS, "mitmweb's event view")
+    warned = [line for line in proxy.output.splitlines() if "mitmweb's flow view" in line]
+    assert len(warned) == 1, proxy.output[-2000:]
+    assert_no_leak(proxy.output, FORMS, "mitmweb's terminal")
