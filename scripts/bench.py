@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,6 +70,7 @@ class Cell:
     instructions: float = 0  # --instructions: executed by the mitmdump process (callgrind), less its idle work
     counted: float = 0.0  # seconds the instructions were counted over
     idle_rate: float = 0.0  # instructions a second the process executes with no request
+    lines: int = 0  # lines the process wrote (mitmdump's flow lines, the event log)
 
 
 def start_mitmdump(config: Config, workdir: Path, confdir: Path, ca: Path, mitmdump: str,
@@ -86,6 +88,11 @@ def start_mitmdump(config: Config, workdir: Path, confdir: Path, ca: Path, mitmd
     config.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if wait:
         wait_for(config, workdir, confdir, instructions)
+
+
+def output_lines(config: Config, workdir: Path) -> int:
+    with (workdir / f"mitmdump-{config.name}.out").open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def wait_for(config: Config, workdir: Path, confdir: Path, instructions: bool = False) -> None:
@@ -160,6 +167,13 @@ def configs(args: argparse.Namespace, workdir: Path, redis: RedisServer | None =
     out.append(Config("floor", "floor: userinfo cut and added back, nothing else", None, floor))
     out.append(Config("floorlog", "floor + one info line per credential redirect", None,
                       floor + ["--set", "floor_log=true"]))
+    if args.instructions:  # mitmdump's flow lines, which credhop scrubs (issue 25): every config above
+        # prints two a request (flow_detail 1); 0 prints none, 2 adds the headers, a line each
+        for detail in (0, 2):
+            out.append(Config(f"bare{detail}", f"bare mitmdump, flow_detail {detail}", None,
+                              ["--set", f"flow_detail={detail}"]))
+            out.append(Config(f"shipped{detail}", f"credhop, shipped rules, flow_detail {detail}", 2,
+                              shipped + ["--set", f"flow_detail={detail}"]))
     if redis is not None:  # the shared store of a fleet (issue 16): one instance here, its Redis on loopback
         store_key = key_file(workdir / "store.key")
         fingerprint_key = key_file(workdir / "fingerprint.key")
@@ -209,6 +223,7 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
                 cmds0 = redis_commands(redis) if redis else 0  # outside the CPU interval
                 for c in cfgs if args.instructions else ():
                     callgrind.zero(c.proc.pid)  # type: ignore[union-attr]
+                lines0 = [output_lines(c, workdir) for c in cfgs]
                 counted0 = time.monotonic()
                 cpu0 = [cpu_seconds(c.proc.pid) for c in cfgs]  # type: ignore[union-attr]
                 bcpu0 = cpu_seconds(backend.pid)
@@ -222,8 +237,9 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
                            for c in cfgs]
                 counted1 = time.monotonic()
                 total = sum(o.requests for o in outcomes) or 1
-                for c, outcome, a, b, n in zip(cfgs, outcomes, cpu0, cpu1, counted):
+                for c, outcome, a, b, n, l0 in zip(cfgs, outcomes, cpu0, cpu1, counted, lines0):
                     cell = cells.setdefault((c.name, w, s), Cell())
+                    cell.lines += output_lines(c, workdir) - l0
                     cell.cpu += b - a
                     cell.instructions += n
                     cell.counted += counted1 - counted0
@@ -312,6 +328,7 @@ def ratio_rows(cfgs: list[Config], cells: dict, args: argparse.Namespace) -> lis
                     "total_cpu_ratio": (cell.cpu + cell.redis_cpu) / cell.requests / b_cpu,
                     "requests": cell.requests, "authed": cell.authed, "errors": cell.errors,
                     "instructions": cell.instructions / cell.requests,
+                    "lines_per_request": cell.lines / cell.requests,
                     "idle_instructions_per_second": cell.idle_rate,
                     "instructions_ratio": cell.instructions / cell.requests / (bare.instructions / bare.requests)
                     if bare.instructions else float("nan"),
@@ -636,6 +653,29 @@ def _instruction_findings(args: argparse.Namespace, rows: list[dict]) -> list[st
             downloads = f", {script - dl_floor:+,.0f} k per download request"
         out.append(f"- **Above the floor** with its info line: credhop costs {shipped - floorlog:+,.0f} k per request "  # type: ignore[operator]
                    f"on redirects{downloads}.")
+    lines = {(r["config"], r["workload"]): r.get("lines_per_request", 0) for r in rows
+             if r["scheme"] == args.schemes[0]}
+    out += _dumper_findings(per, lines, over, args)
+    return out
+
+
+def _dumper_findings(per: dict, lines: dict, over: Callable[[str, str], float | None],
+                     args: argparse.Namespace) -> list[str]:
+    """What scrubbing mitmdump's flow lines costs: credhop's cost over bare at flow_detail 1 and 2, less
+    its cost at 0 (no flow lines), per line the dumper added (counted in each process's output)."""
+    out = []
+    for w in args.workloads:
+        if None in (over("shipped", w), over("shipped0", w)) or ("bare2", w) not in per:
+            continue
+        at0 = per["shipped0", w] - per["bare0", w]
+        at1 = over("shipped", w) - at0  # type: ignore[operator]
+        at2 = per["shipped2", w] - per["bare2", w] - at0
+        n1 = lines.get(("shipped", w), 0) - lines.get(("shipped0", w), 0)
+        n2 = lines.get(("shipped2", w), 0) - lines.get(("shipped0", w), 0)
+        each = f": {at1 / n1:,.1f} k and {at2 / n2:,.1f} k a line" if n1 > 0 and n2 > 0 else ""
+        out.append(f"- **mitmdump's flow lines, scrubbed** ({w}): {at1:+,.0f} k instructions per request at "
+                   f"flow_detail 1 ({n1:.1f} lines), {at2:+,.0f} k at flow_detail 2 ({n2:.1f} lines){each}, "
+                   "credhop's cost over bare mitmdump less its cost at flow_detail 0.")
     return out
 
 

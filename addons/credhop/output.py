@@ -44,7 +44,7 @@ class RedactingStream:
 
     def _scrub(self, text: str) -> str:
         redactor = self._redactor()
-        clean = redactor(text)
+        clean = redactor.cached(text)  # flow lines repeat (header lines, a download's URL)
         if "\x1b" not in clean:
             return clean
         # colours split `Authorization` from its `: value`: read the line without them too, and

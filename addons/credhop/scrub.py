@@ -151,25 +151,25 @@ class Redactor:
                 kind = type(item)
                 if kind is str:
                     clean = memo.get(item)
-                    out[key] = clean if clean is not None else self._short(item)
+                    out[key] = clean if clean is not None else self.cached(item)
                 elif kind in _PLAIN or isinstance(item, Enum):
                     out[key] = item
                 else:
                     out[key] = self.record(item)
             return out
         if kind is str:
-            return self._short(value)  # type: ignore[arg-type]
+            return self.cached(value)  # type: ignore[arg-type]
         if kind in _PLAIN or isinstance(value, Enum):  # numbers, flags; codes credhop chose (records.Code)
             return value
         if isinstance(value, str):  # a subclass, not a code
-            return self._short(value)
+            return self.cached(value)
         if isinstance(value, dict):
             return {k: self.record(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.record(v) for v in value]
         return value
 
-    def _short(self, text: str) -> str:
+    def cached(self, text: str) -> str:
         """`self(text)`, remembered for short text: record fields repeat (a client, a rule, an origin)."""
         if len(text) > MEMO_LENGTH:
             return self(text)
