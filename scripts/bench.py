@@ -655,16 +655,15 @@ def _instruction_findings(args: argparse.Namespace, rows: list[dict]) -> list[st
                    f"on redirects{downloads}.")
     lines = {(r["config"], r["workload"]): r.get("lines_per_request", 0) for r in rows
              if r["scheme"] == args.schemes[0]}
-    out += _dumper_findings(per, lines, over, args)
+    out += _dumper_findings(per, lines, over)
     return out
 
 
-def _dumper_findings(per: dict, lines: dict, over: Callable[[str, str], float | None],
-                     args: argparse.Namespace) -> list[str]:
+def _dumper_findings(per: dict, lines: dict, over: Callable[[str, str], float | None]) -> list[str]:
     """What scrubbing mitmdump's flow lines costs: credhop's cost over bare at flow_detail 1 and 2, less
     its cost at 0 (no flow lines), per line the dumper added (counted in each process's output)."""
     out = []
-    for w in args.workloads:
+    for w in dict.fromkeys(w for _, w in per):
         if None in (over("shipped", w), over("shipped0", w)) or ("bare2", w) not in per:
             continue
         at0 = per["shipped0", w] - per["bare0", w]
