@@ -58,6 +58,8 @@ def sniff(data: bytes) -> tuple[str, Any]:
             doc = json.loads(data.decode("utf-8-sig", errors="replace"))
         except ValueError:  # JSON Lines (a hop log) is no single document
             doc = None
+        except RecursionError:  # json.loads recurses per bracket: a hostile file nests thousands
+            raise CaptureError("JSON nested too deeply to read") from None
         if is_har(doc):
             return "har", doc
     return "hoplog", None

@@ -18,7 +18,7 @@ from typing import Sequence, TextIO
 
 from .diagnosis import CATALOGUE, SEVERITIES, diagnose, kind_of
 from .html_report import render_html
-from .replay import InputError, collect
+from .replay import MAX_INPUT_MB, InputError, collect
 from .report import Selection, render_json, render_markdown, render_text
 from .rules import RulesError, load_rules
 from .scrub import scrub
@@ -30,6 +30,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 too; keep its usage line, drop nothing else
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--severity", choices=SEVERITIES,
                         help="only findings at or above this level, and chains that have one")
     report.add_argument("--html", metavar="OUT.html", type=Path, help="also write a self-contained HTML page")
+    report.add_argument("--max-input-mb", type=_positive, default=MAX_INPUT_MB, metavar="MB",
+                        help=f"refuse a file larger than this (default {MAX_INPUT_MB}; a HAR takes about 8 times "
+                             "its size in memory)")
     commands.add_parser("findings", help="list every finding code")
     check = commands.add_parser(
         "check", help="validate rules files (for CI, before deploying them)",
@@ -108,7 +121,7 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         key = args.fingerprint_key.read_bytes().strip() if args.fingerprint_key else None
         if key is not None and len(key) < 16:
             raise InputError(f"{args.fingerprint_key} holds fewer than 16 bytes")
-        read = collect(args.files, load_rules(args.rules) if args.rules else None, key)
+        read = collect(args.files, load_rules(args.rules) if args.rules else None, key, args.max_input_mb)
     except (InputError, RulesError) as e:
         err.write(f"credhop report: {scrub(str(e))}\n")
         return EXIT_USAGE

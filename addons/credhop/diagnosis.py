@@ -253,7 +253,7 @@ def parse_records(lines: Iterable[str]) -> HopLogRead:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a line nested thousands deep
             record = None
         if not _valid(record):
             read.malformed.append(number)

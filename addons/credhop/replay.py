@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import secrets
 import sys
 from dataclasses import dataclass, replace
@@ -149,30 +150,56 @@ class Collected:
     exchanges: int = 0  # read from captures
 
 
-def collect(paths: Sequence[str], rules: RuleSet | None = None, fingerprint_key: bytes | None = None) -> Collected:
+MAX_INPUT_MB = 64  # a HAR is parsed whole: about 8 times its size in memory
+
+
+def read_input(path: str, limit_mb: int = MAX_INPUT_MB) -> bytes:
+    """A file's bytes (`-`: stdin); one larger than `limit_mb` is refused, never read whole."""
+    name, limit = "stdin" if path == "-" else path, limit_mb * 2**20
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                # a regular file's size first, nothing read; a pipe has none and is read up to the limit
+                too_big = os.fstat(f.fileno()).st_size > limit
+                data = b"" if too_big else f.read(limit + 1)
+            if too_big:
+                raise InputError(f"{name} is larger than {limit_mb} MB, the most credhop report reads "
+                                 "(--max-input-mb)")
+    except OSError as e:
+        raise InputError(f"cannot read {name}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise InputError(f"{name} is larger than {limit_mb} MB, the most credhop report reads (--max-input-mb)")
+    return data
+
+
+def collect(paths: Sequence[str], rules: RuleSet | None = None, fingerprint_key: bytes | None = None,
+            limit_mb: int = MAX_INPUT_MB) -> Collected:
     """Hop records from hop logs, flow files and HAR files (told apart by content), merged.
 
-    Raises InputError for a file that cannot be read or is none of the three."""
+    Raises InputError for a file that cannot be read, is too large, or is none of the three."""
     out = Collected([], [])
     exchanges: list[Exchange] = []
     lines = 0  # several hop logs: malformed line numbers count on from the previous log's last line
     for n, path in enumerate(paths):
         name = "stdin" if path == "-" else path
+        data = read_input(path, limit_mb)
         try:
-            data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-        except OSError as e:
-            raise InputError(f"cannot read {name}: {e.strerror or e}") from None
-        kind, doc = sniff(data)
-        try:
+            kind, doc = sniff(data)
             if kind == "har":
                 exchanges += read_har(doc, Path(name).name, n)
             elif kind == "flows":
                 exchanges += read_flows(io.BytesIO(data), n)
             else:
                 read = parse_records(io.StringIO(data.decode("utf-8", errors="replace"), newline=None))
-                if read.malformed and not read.records:
-                    raise InputError(f"{name} holds no hop-log records ({len(read.malformed)} malformed line(s)); "
-                                     "is it a credhop_log file, a HAR or a mitmproxy flow file?")
+                if len(read.malformed) > len(read.records):
+                    # mostly something else (a README holds example lines): half a reading would mislead
+                    found = (f"holds no hop-log records ({len(read.malformed)} malformed line(s))"
+                             if not read.records else
+                             f"is not a hop log: {len(read.malformed)} of its lines are not hop-log records "
+                             f"(the first at line {read.malformed[0]}), {len(read.records)} are")
+                    raise InputError(f"{name} {found}; is it a credhop_log file, a HAR or a mitmproxy flow file?")
                 out.records += read.records
                 out.malformed += [lines + m for m in read.malformed]
                 lines += read.lines

@@ -7,6 +7,7 @@ output: a secret that slipped into the log upstream still never reaches a report
 from __future__ import annotations
 
 import fnmatch
+import html
 import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
@@ -144,7 +145,7 @@ def _hop_line(hop: Hop, paint: _Paint) -> str:
 def _chain_text(chain: Chain, paint: _Paint) -> list[str]:
     main = chain.main
     top = chain.findings[0] if chain.findings else None
-    head = f"{paint(VERDICT_MARK[chain.verdict], chain.verdict)} chain {chain.id} · client {_s(chain.client)}"
+    head = f"{paint(VERDICT_MARK[chain.verdict], chain.verdict)} chain {_s(chain.id)} · client {_s(chain.client)}"
     if top and top.severity != "info":
         head += f" · {paint(f'{top.code} {top.name}', top.severity)}: {_s(top.message)}"
     elif main:
@@ -194,7 +195,8 @@ def render_text(chains: list[Chain], color: bool = False, malformed: list[int] |
 
 
 def _cell(text: str) -> str:
-    return _s(text).replace("|", "\\|").replace("\n", " ")
+    # markdown renders HTML: a capture's `<script>` or `<img onerror=…>` must stay text
+    return html.escape(_s(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(chains: list[Chain], malformed: list[int] | None = None) -> str:
@@ -202,7 +204,8 @@ def render_markdown(chains: list[Chain], malformed: list[int] | None = None) -> 
     if malformed:
         out += [_malformed_note(malformed), ""]
     for chain in chains:
-        out += [f"## {VERDICT_MARK[chain.verdict]} chain `{chain.id}`, client {_cell(chain.client)}", ""]
+        chain_id = _cell(chain.id).replace("`", "'")  # from the hop log: it must not close the code span
+        out += [f"## {VERDICT_MARK[chain.verdict]} chain `{chain_id}`, client {_cell(chain.client)}", ""]
         if chain.findings:
             top = chain.findings[0]
             out += [f"**{top.code} {top.name}** ({top.severity}): {_cell(top.message)}", ""]
