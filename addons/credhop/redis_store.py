@@ -121,6 +121,7 @@ class RedisLink:
         self._prefetched: dict[tuple[str, str, str], tuple[float, Any]] = {}
         self._scripts: dict[str, Any] = {}
         self._unsealable_logged: float | None = None
+        self._bad_key_logged: float | None = None
 
     @property
     def down(self) -> bool:
@@ -165,6 +166,9 @@ class RedisLink:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # redis errors, OSError, TimeoutError: the store did not answer
+            if _wrong_type(e):  # it did answer: one client's key is bad, not the store
+                self.bad_key(op)
+                raise Down from None
             self._failed(op, e, time.monotonic() - start)
             raise Down from None
         self.observer(op, time.monotonic() - start, None)
@@ -179,6 +183,19 @@ class RedisLink:
             self._unsealable_logged = now
             log.warning("credhop: a value in the shared store %s does not open with credhop_store_key (another "
                         "key, or tampered); ignored", self.where)
+
+    def bad_key(self, op: str) -> None:
+        """A key of the wrong type (WRONGTYPE: another program wrote it, or tampering). That call is
+        answered locally, as for an unreadable value; the store stays up for every other client. The
+        key is left for the operator to look at (credhop cannot tell who wrote it)."""
+        self.errors += 1
+        self.observer(op, 0.0, "wrongtype")
+        now = time.monotonic()
+        if self._bad_key_logged is None or now - self._bad_key_logged > 60:  # once a minute at most
+            self._bad_key_logged = now
+            log.warning("credhop: a key in the shared store %s has the wrong type (not written by credhop); that "
+                        "client's shared state is ignored until the key is removed: redis-cli --scan --pattern "
+                        "'%s*' and TYPE show it", self.where, PREFIX)
 
     def _failed(self, op: str, error: BaseException, seconds: float) -> None:
         self.errors += 1
@@ -233,6 +250,12 @@ class RedisLink:
             await self.redis.close()
         except Exception:
             pass
+
+
+def _wrong_type(error: BaseException) -> bool:
+    # a plain reply error naming WRONGTYPE, from a command or inside a script; READONLY, OOM, LOADING and
+    # the like are the store's own state and count as it failing
+    return type(error).__name__ == "ResponseError" and "WRONGTYPE" in str(error)
 
 
 def _cause(error: BaseException) -> str:
