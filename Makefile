@@ -57,7 +57,7 @@ fixture: deps
 
 system-deps:
 	@# as root also what tests/e2e/test_transparent.py needs (network namespaces; they skip otherwise)
-	@missing=""; pairs="curl:curl git:git chromium:chromium nginx:nginx redis-server:redis-server haproxy:haproxy valgrind:valgrind"; \
+	@missing=""; pairs="curl:curl git:git chromium:chromium nginx:nginx redis-server:redis-server haproxy:haproxy valgrind:valgrind promtool:prometheus"; \
 	if [ "$$(id -u)" = 0 ]; then pairs="$$pairs nft:nftables iptables:iptables squid:squid openssl:openssl"; fi; \
 	for pair in $$pairs; do \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
