@@ -60,6 +60,8 @@ def sniff(data: bytes) -> tuple[str, Any]:
             doc = None
         except RecursionError:  # json.loads recurses per bracket: a hostile file nests thousands
             raise CaptureError("JSON nested too deeply to read") from None
+        except MemoryError:
+            raise CaptureError("too large to parse in the memory available (lower --max-input-mb)") from None
         if is_har(doc):
             return "har", doc
     return "hoplog", None
@@ -191,7 +193,26 @@ def read_flows(stream: BinaryIO, file_no: int) -> list[Exchange]:
         if not out:
             raise CaptureError(f"not a readable mitmproxy flow file ({str(e)[:120]})") from None
         # a file cut short (mitmdump killed): keep the flows before the damage
+    except _FLOW_DAMAGE as e:
+        # mitmproxy's reader lets these out of a hostile file: tnetstring recurses per nested list, and
+        # migrating a flow that lacks a field raises KeyError: never a traceback. As above, the flows
+        # before the damage are kept
+        if not out:
+            raise CaptureError(f"not a readable mitmproxy flow file ({_damage(e)})") from None
     return out
+
+
+# what mitmproxy's FlowReader raises on a damaged file besides FlowReadException (mitmproxy 10 to 12)
+_FLOW_DAMAGE = (RecursionError, MemoryError, KeyError, AttributeError, TypeError, ValueError, IndexError,
+                UnicodeError, OverflowError)
+
+
+def _damage(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply to read"
+    if isinstance(e, MemoryError):
+        return "too large to read in the memory available"
+    return f"{type(e).__name__}: {str(e)[:80]}"  # KeyError: 'client_conn'
 
 
 def _flow_exchange(flow: Any, order: int) -> Exchange | None:

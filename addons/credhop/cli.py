@@ -21,7 +21,7 @@ from .html_report import render_html
 from .replay import MAX_INPUT_MB, InputError, collect
 from .report import Selection, render_json, render_markdown, render_text
 from .rules import RulesError, load_rules
-from .scrub import scrub
+from .scrub import printable, scrub
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -74,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="only findings at or above this level, and chains that have one")
     report.add_argument("--html", metavar="OUT.html", type=Path, help="also write a self-contained HTML page")
     report.add_argument("--max-input-mb", type=_positive, default=MAX_INPUT_MB, metavar="MB",
-                        help=f"refuse a file larger than this (default {MAX_INPUT_MB}; a HAR takes about 8 times "
-                             "its size in memory)")
+                        help=f"refuse a file larger than this, unread (default {MAX_INPUT_MB}; a HAR takes "
+                             "about 8 times its size in memory)")
     commands.add_parser("findings", help="list every finding code")
     check = commands.add_parser(
         "check", help="validate rules files (for CI, before deploying them)",
@@ -105,6 +105,11 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_FINDINGS if failed else EXIT_OK
 
 
+def _line(text: object) -> str:
+    """One line of stderr: a file name or a capture's text in it can hold controls or line breaks."""
+    return printable(scrub(str(text)), one_line=True)
+
+
 def _use_color(stream: TextIO) -> bool:
     return "NO_COLOR" not in os.environ and stream.isatty()
 
@@ -114,7 +119,7 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for wanted in args.finding:
         kind = kind_of(wanted)
         if kind is None:
-            err.write(f"credhop report: unknown finding {wanted!r}; see `credhop findings`\n")
+            err.write(f"credhop report: unknown finding {_line(repr(wanted))}; see `credhop findings`\n")
             return EXIT_USAGE
         codes.append(kind.code)
     try:
@@ -123,10 +128,10 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise InputError(f"{args.fingerprint_key} holds fewer than 16 bytes")
         read = collect(args.files, load_rules(args.rules) if args.rules else None, key, args.max_input_mb)
     except (InputError, RulesError) as e:
-        err.write(f"credhop report: {scrub(str(e))}\n")
+        err.write(f"credhop report: {_line(e)}\n")
         return EXIT_USAGE
     except OSError as e:
-        err.write(f"credhop report: cannot read {scrub(str(args.fingerprint_key))}: {e.strerror or e}\n")
+        err.write(f"credhop report: cannot read {_line(args.fingerprint_key)}: {_line(e.strerror or e)}\n")
         return EXIT_USAGE
     selection = Selection(tuple(args.client), tuple(args.host), tuple(codes), args.severity)
     chains = selection.apply(diagnose(read.records))
@@ -142,9 +147,9 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             args.html.write_text(render_html(chains, read.malformed, source=source),
                                  encoding="utf-8", errors="backslashreplace")
         except OSError as e:
-            err.write(f"credhop report: cannot write {args.html}: {e.strerror or e}\n")
+            err.write(f"credhop report: cannot write {_line(args.html)}: {_line(e.strerror or e)}\n")
             return EXIT_USAGE
-        err.write(f"credhop report: wrote {args.html}\n")
+        err.write(f"credhop report: wrote {_line(args.html)}\n")
     return EXIT_FINDINGS if any(c.has_error() for c in chains) else EXIT_OK
 
 
@@ -175,6 +180,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _report(args, out, err)
         except BrokenPipeError:  # `credhop report … | head`
             return EXIT_OK
+        except (MemoryError, RecursionError) as e:
+            # inputs are bounded (--max-input-mb) and every parse catches these; this is the last guard
+            # for one that still exhausts memory or the stack: one line, exit 2, never a traceback
+            what = "out of memory" if isinstance(e, MemoryError) else "an input is nested too deeply"
+            err.write(f"credhop report: {what}; give smaller inputs (--max-input-mb sets the most read)\n")
+            return EXIT_USAGE
     if args.command == "check":
         return _check(args, out, err)
     if args.command == "findings":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import html
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 from urllib.parse import urlsplit
@@ -20,6 +21,12 @@ VERDICT_MARK = {"failed": "✗ FAILED", "unknown": "? UNKNOWN", "ok": "✓ ok"}
 ANSI = {"error": "31;1", "warning": "33", "info": "36", "failed": "31;1", "unknown": "33", "ok": "32",
         "dim": "2"}
 VERDICTS = ("failed", "unknown", "ok")
+
+
+# what json.dumps(ensure_ascii=False) writes raw but a terminal acts on (DEL, C1 controls such as CSI
+# U+009B) or that reorders or hides text (bidi overrides, zero-width characters), and lone surrogates
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+                          r"\ud800-\udfff]")
 
 
 def _s(value: Any) -> str:
@@ -145,7 +152,8 @@ def _hop_line(hop: Hop, paint: _Paint) -> str:
 def _chain_text(chain: Chain, paint: _Paint) -> list[str]:
     main = chain.main
     top = chain.findings[0] if chain.findings else None
-    head = f"{paint(VERDICT_MARK[chain.verdict], chain.verdict)} chain {_s(chain.id)} · client {_s(chain.client)}"
+    mark = paint(VERDICT_MARK[chain.verdict], chain.verdict)
+    head = f"{mark} chain {_s(chain.id)} · client {_s(chain.client)}"
     if top and top.severity != "info":
         head += f" · {paint(f'{top.code} {top.name}', top.severity)}: {_s(top.message)}"
     elif main:
@@ -267,4 +275,7 @@ def render_json(chains: list[Chain], malformed: list[int] | None = None) -> str:
     counts = {v: sum(1 for c in chains if c.verdict == v) for v in VERDICTS}
     doc = {"chains": [chain_json(c) for c in chains], "summary": {"chains": len(chains), **counts},
            "malformed_lines": malformed or [], "codes": {k.code: k.name for k in KINDS.values()}}
-    return json.dumps(_scrubbed(doc), indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(_scrubbed(doc), indent=2, ensure_ascii=False)
+    # outside strings JSON is ASCII: a \uXXXX escape of these is the same value to a parser, and inert
+    # on a terminal that `credhop report --format json` writes to
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n"

@@ -22,7 +22,8 @@ DEFAULT_SECRET_HEADERS = ("x-api-key", "private-token", "x-auth-token")
 # terminal control sequences, lone surrogates (undecodable bytes), and the invisible format characters
 # that reorder or hide text (bidi overrides such as U+202E, zero-width ones) a hostile server can plant
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff"
-                          r"\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+                          r"\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+                          r"\U000e0000-\U000e007f]")
 _LINE_BREAK = re.compile(r"[\n\t]")
 # a scheme word followed by its credential, anywhere
 _AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|digest|negotiate|ntlm)\s+[^\s'\",;)]{8,}")

@@ -71,7 +71,8 @@ def test_a_100_mb_har_is_refused_without_being_read_whole(tmp_path):
     filler = "x" * (1 << 20)
     with path.open("w") as f:
         f.write('{"log": {"entries": [')
-        f.write(",".join(json.dumps(entry(n, "GET", "http://a.example/", 200, note=filler)) for n in range(100)))
+        f.write(",".join(json.dumps(entry(n, "GET", "http://a.example/", 200, note=filler))
+                         for n in range(100)))
         f.write("]}}")
     assert path.stat().st_size > 100 * 2**20
     code, out, err, rss = report(str(path))
@@ -110,6 +111,26 @@ def test_a_truncated_flow_file_is_read_up_to_the_damage_or_refused(tmp_path):
     refused(*report(str(path))[:3])
 
 
+def _tnet_nested(depth: int) -> bytes:
+    inner = b"0:]"
+    for _ in range(depth):
+        inner = str(len(inner)).encode() + b":" + inner + b"]"
+    return inner
+
+
+@pytest.mark.parametrize("data, reason", [
+    (_tnet_nested(50_000), "nested too deeply"),  # was a RecursionError traceback from mitmproxy's reader
+    (b"29:7:version;2:20#4:type;4:http;}", "KeyError"),  # a flow without its fields: was a KeyError traceback
+])
+def test_a_damaged_flow_file_is_refused_in_one_line(tmp_path, data, reason):
+    path = tmp_path / "damaged.mitm"
+    path.write_bytes(data)
+    code, out, err, rss = report(str(path))
+    refused(code, out, err)
+    assert "not a readable mitmproxy flow file" in err and reason in err
+    assert rss < 200 * 1024, f"peak RSS {rss // 1024} MB"
+
+
 def test_a_file_that_is_mostly_not_a_hop_log_is_refused(tmp_path):
     code, out, err, _ = report(str(Path(__file__).resolve().parents[2] / "README.md"))
     refused(code, out, err)
@@ -143,10 +164,9 @@ def test_hostile_urls_headers_and_user_names_are_shown_as_text(tmp_path, hostile
         code, out, err, _ = report(str(capture), "--format", fmt, "--html", str(page))
         assert code in (0, 1) and "Traceback" not in err, err
         texts.append(out)
-        if fmt != "json":  # JSON escapes by its own rules: "\u001b" is text there
-            # a terminal runs controls; a markdown page renders HTML
-            for raw in RAW if fmt == "markdown" else RAW[:3]:
-                assert raw not in out, f"{raw!r} reached the {fmt} output raw"
+        # a terminal runs controls (JSON too: `--format json` is read on one); a markdown page renders HTML
+        for raw in RAW if fmt == "markdown" else RAW[:3]:
+            assert raw not in out, f"{raw!r} reached the {fmt} output raw"
     assert "FAILED" in texts[0]  # the chain was read, not dropped: there was something to escape
     assert_no_leak("\n".join(texts) + page.read_text(), secret_forms(TOKEN, user=user), "report outputs")
     json.loads(texts[2])
