@@ -19,6 +19,7 @@ import pytest
 
 from tests.secrets_check import Secret, assert_no_leak, secret_forms
 from tests.unit.test_captures import entry, har
+from tests.unit.test_report_hostile import _tnet_nested
 
 CREDHOP = str(Path(sys.executable).parent / "credhop")
 TOKEN = Secret("hostile-Qm4xT9wLp2Zr7")
@@ -109,13 +110,6 @@ def test_a_truncated_flow_file_is_read_up_to_the_damage_or_refused(tmp_path):
     assert_no_leak(out + err, secret_forms(TOKEN), "report of a truncated flow file")
     path.write_bytes(data[:10])  # nothing whole in it
     refused(*report(str(path))[:3])
-
-
-def _tnet_nested(depth: int) -> bytes:
-    inner = b"0:]"
-    for _ in range(depth):
-        inner = str(len(inner)).encode() + b":" + inner + b"]"
-    return inner
 
 
 @pytest.mark.parametrize("data, reason", [
