@@ -187,3 +187,11 @@ def _userinfo_text(raw: str) -> str | None:
     head, sep, rest = raw.partition("//")
     authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     return authority[: authority.rindex("@") + 1] if sep and "@" in authority else None
+
+
+def carries_secret(request: http.Request, names: frozenset[str]) -> bool:
+    """Whether any header of `request` is one of the secret-bearing `names` (lower case)."""
+    for name, _ in request.headers.fields:
+        if name.lower().decode("latin-1") in names:
+            return True
+    return False

@@ -96,6 +96,10 @@ class Metrics:
 
     # -- store ----------------------------------------------------------------------------------
 
+    def bare_redirect(self) -> None:
+        """A 3xx that starts no credential hop (hop.Hops.is_bare_redirect): not recorded, still counted."""
+        self.redirects.labels("none", "").inc()
+
     def store_call(self, op: str, seconds: float, outcome: str) -> None:
         self.store_calls.labels(op, outcome).inc()
         self.store_latency.labels(op).observe(seconds)

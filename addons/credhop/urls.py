@@ -334,6 +334,12 @@ def redact_url(text: str) -> str:
     return redact_params("".join(out))
 
 
+def may_carry_credential(location: str) -> bool:
+    """Cheap and conservative: False only when `location` can hold neither userinfo (no `@`, which
+    every URL parser needs to see one) nor a signed-URL or token parameter (`SIGNED_PARAMS`)."""
+    return "@" in location or _SIGNED_PARAM.search(location) is not None
+
+
 def redact_params(text: str) -> str:
     """Replace the values of signed-URL and token parameters (`SIGNED_PARAMS`) by `REDACTED`."""
     if "=" not in text and ("%3" not in text or "%3D" not in text.upper()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from credhop import addon as addon_module
+from credhop import hop as addon_module
 from credhop.store import MemoryStore
 from tests.unit.addon_helpers import ENCODED, follow, hop, run_redirect  # noqa: F401  (hop is a fixture)
 

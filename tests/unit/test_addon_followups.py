@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from mitmproxy.test import tflow
 
+from credhop.urls import redact_url
+
 from tests.unit.addon_helpers import (
     CLIENT,
     ENCODED,
@@ -39,7 +41,8 @@ def test_inject_moves_the_credential_to_exactly_that_origin(hop):
 
 
 def test_a_second_redirect_continues_the_chain(hop):
-    first = run_redirect(hop, "https://hop2.example/simple/pkg/")
+    # the first Location carries a credential no rule matches (kept): its follow-up is a hop of the chain
+    first = run_redirect(hop, "https://u:p@hop2.example/simple/pkg/")
     second = follow("https://hop2.example/simple/pkg/")
     hop.requestheaders(second)
     second.response = tflow.tresp(status_code=307, headers=((b"location", f"https://aws:{ENCODED}@registry.example/s/".encode()),))
@@ -150,8 +153,40 @@ def test_another_site_cannot_swap_the_credential_an_origin_holds(hop):
     assert send(hop, "https://registry.example/x").request.headers["authorization"] == basic("aws", "NEW-TOKEN")
 
 
+def test_a_bare_redirect_is_counted_not_recorded_and_starts_no_chain(hop):
+    # one Location without `@` or a signed parameter, from a request without a secret: nothing to do
+    f = run_redirect(hop, "https://hop2.example/simple/pkg/")
+    g = send(hop, "https://hop2.example/simple/pkg/")
+    g.response = tflow.tresp(status_code=404)
+    hop.response(g)
+    assert hop.records() == [] and "credhop" not in f.metadata and "credhop" not in g.metadata
+    assert hop.addon.counters["redirects"] == 1 and not f.marked
+    # the next 3xx that carries a credential starts the chain at hop 0
+    h = redirect(f"https://aws:{ENCODED}@registry.example/s/", url="https://hop2.example/simple/pkg/")
+    hop.responseheaders(h)
+    hop.response(h)
+    assert [(r["event"], r["hop"]) for r in hop.records()] == [("redirect", 0)]
+    assert hop.addon.counters["redirects"] == 2
+
+
+@pytest.mark.parametrize("why", ["secret sent", "signed location", "two locations", "in a chain"])
+def test_a_redirect_that_may_matter_is_never_taken_for_bare(hop, why):
+    if why == "in a chain":
+        run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
+        f = send(hop, "https://registry.example/s/")  # the follow-up, injected, gets a plain 302
+        f.response = tflow.tresp(status_code=302, headers=((b"location", b"https://cdn.example/f"),))
+    else:
+        f = redirect({"signed location": "https://cdn.example/f?X-Amz-Signature=abc"}.get(why, "https://cdn.example/f"),
+                     extra=["https://cdn.example/g"] if why == "two locations" else ())
+        if why == "secret sent":
+            f.request.headers["Authorization"] = basic("aws", TOKEN)
+    hop.responseheaders(f)
+    hop.response(f)
+    assert [r for r in hop.records() if r["event"] == "redirect" and r["url"] == redact_url(f.request.url)]
+
+
 def test_a_retry_after_401_continues_the_hop(hop):
-    run_redirect(hop, "https://pip-like.example/simple/", url="https://origin.example/simple/")
+    run_redirect(hop, "https://u:p@pip-like.example/simple/", url="https://origin.example/simple/")
     first = send(hop, "https://pip-like.example/simple/")
     first.response = tflow.tresp(status_code=401)
     hop.response(first)

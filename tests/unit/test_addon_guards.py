@@ -112,7 +112,7 @@ def test_a_3xx_seen_in_responseheaders_is_not_handled_twice(hop):
 
 
 def test_an_internal_error_fails_closed_with_a_502_and_names_no_secret(hop, monkeypatch, caplog):
-    from credhop import addon as addon_module
+    from credhop import hop as addon_module
 
     run_redirect(hop, LOCATION)
 
@@ -138,6 +138,6 @@ def test_a_final_answer_is_delivered_even_if_bookkeeping_fails(hop, monkeypatch)
     async def broken(*args, **kwargs):
         raise RuntimeError("bookkeeping")
 
-    monkeypatch.setattr(hop.addon, "_close_hop", broken)
+    monkeypatch.setattr(hop.addon.hops, "close", broken)
     hop.response(g)
     assert g.response.status_code == 200 and hop.addon.counters["internal_errors"] == 1

@@ -1,0 +1,333 @@
+"""Applying decisions to live flows: the hot path, one hop at a time.
+
+Follow a Location here: `Hops.redirect` reads a 3xx (`decide.decide_redirect`), the store takes the
+proposed `Grant`, the Location is stripped (`flows.apply_redirect`) and the follow-up is expected;
+`Hops.follow_up` finds that follow-up (or a later download) and adds the header; `Hops.close`
+records what the client got. `addon.py` only guards mitmproxy's hooks and calls these.
+
+Most requests need none of this: `needs_follow_up` and `is_bare_redirect` are the cheap tests
+that let them through without a coroutine, a record or a parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Awaitable, TypeVar
+
+from mitmproxy import http
+
+from .bodies import Replacer, Scrubber
+from .credentials import Fingerprinter, injected_forms
+from .decide import REDIRECTS, FollowUp, Redirect, decide_follow_up, decide_redirect, next_position, redirect_record
+from .destination import Resolver, request_origin, verified_origin
+from .flows import (
+    add_header,
+    address_of,
+    apply_redirect,
+    carries_secret,
+    client_of,
+    finish_body,
+    header_names,
+    is_transparent,
+    is_upstream,
+    mark,
+    origin_of,
+    remember_destination,
+    url_of,
+)
+from .leaks import Injected, SentSecret, as_injected, secrets_sent
+from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
+from .records import Action, ErrorRecord, InjectRecord, LeakRecord, Record, ResponseRecord, Why
+from .rules import RuleSet
+from .scrub import Redactor, secret_header_names
+from .sinks import Counters, Sinks
+from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable
+from .urls import Origin, may_carry_credential, normalize_url, redact_url
+
+log = logging.getLogger("credhop")
+
+META = "credhop"  # flow.metadata key: {"chain", "hop"}, plain values so saved flows stay writable
+MAX_LIVE_FLOWS = 10_000
+MAX_INJECTED = 1_024  # held credentials whose injected form is remembered
+STORE_DEADLINE = 0.5  # seconds: mitmproxy runs no timeout while a hook awaits
+INTERNAL_ERROR = b"credhop: this request was stopped because credhop failed to decide about it; see the proxy log\n"
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class FlowState:
+    """What credhop knows about one live flow; dropped when the flow ends."""
+
+    position: ChainPosition | None = None
+    reuse: bool = False  # not a follow-up: a later request that got a held credential (a download)
+    sent: list[SentSecret] | None = None  # secrets the request carries
+    stripped: frozenset[str] = frozenset()  # fingerprints of leaked secrets credhop removed
+    injected: Injected | None = None  # the header credhop added
+    body: Scrubber | Replacer | None = None  # rewrites the 3xx body (see bodies.py)
+    redirect_seen: bool = False  # the 3xx went through responseheaders
+
+
+class Hops:
+    """The live flows credhop follows, and what applying a decision needs. The addon's `configure`
+    sets the attributes; the hooks call the methods."""
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self.clock = clock
+        self.rules = RuleSet(())
+        self.store: CredentialStore = MemoryStore(clock=clock)
+        self.pending: PendingFollowUps = MemoryPending(clock=clock)
+        self.counters = Counters()
+        self.redactor = Redactor()
+        self.sinks = Sinks(self.counters)
+        self.fingerprint: Fingerprinter | None = None
+        self.observe = False
+        self.ttl = 600
+        self.secret_headers = secret_header_names()
+        self.resolver = Resolver()  # transparent mode: names the client gave, checked on the proxy
+        self.client_id = "address"  # credhop_client_id
+        self.instance: str | None = None  # credhop_instance, in every record
+        self.metrics: Any = None  # metrics.Metrics while credhop_metrics is set
+        self.link: Any = None  # redis_store.RedisLink while credhop_store is a Redis URL
+        self.store_failing = False
+        self.flows: OrderedDict[str, FlowState] = OrderedDict()
+        # how each held credential reads once injected, so a download does not fingerprint it again
+        self.injected: dict[tuple[str, str], Injected] = {}
+
+    # -- the cheap tests -----------------------------------------------------------------
+
+    def needs_follow_up(self, flow: http.HTTPFlow) -> str | None:
+        """The client, when something is pending or held for it; else None (the common case: two lookups)."""
+        client = client_of(flow, self.client_id)
+        return client if self.pending.awaits(client) or self.store.may_hold(client) else None
+
+    def is_bare_redirect(self, flow: http.HTTPFlow) -> bool:
+        """A 3xx that starts no credential hop: one Location that cannot carry a credential (no `@`,
+        so no userinfo by any parser, and no signed-URL parameter), outside a chain, from a request
+        that carried no secret (so nothing to leak on). Such a chain cannot fail for a credential.
+        It is counted (`count_bare`, once, when it ends), not recorded: nothing about it can need a
+        header, a strip or a leak check."""
+        state = self.flows.get(flow.id)
+        if state is not None and state.position is not None:
+            return False
+        assert flow.response is not None
+        locations = flow.response.headers.get_all("location")
+        return len(locations) == 1 and not may_carry_credential(locations[0]) \
+            and not carries_secret(flow.request, self.secret_headers)
+
+    def count_bare(self) -> None:
+        self.counters.add("redirects")
+        if self.metrics:
+            self.metrics.bare_redirect()
+
+    # -- applying decisions ------------------------------------------------------------
+
+    async def follow_up(self, flow: http.HTTPFlow, client: str) -> None:
+        request = flow.request
+        origin = await self.destination(flow)
+        position = watch = None
+        if self.pending.awaits(client):
+            position = await self.ask(self.pending.follow(client, normalize_url(url_of(flow))), None, "follow")
+            if position is None:
+                watch = await self.ask(self.pending.watching(client, origin), None, "watching")
+        held = await self.ask(self.store.get(client, origin), None, "get") if self.store.may_hold(client) else None
+        if position is None and held is None and watch is None:
+            return
+        state = self.state(flow)
+        if position:
+            self.place(flow, position)
+        # what the client sent is read only where it could be a leak: a download needs the names alone
+        sent = self.sent(flow, state) if position or watch else []
+        decision = decide_follow_up(FollowUp(origin, sent, header_names(request), position, held, watch))
+        if decision.leaks:
+            assert decision.leak_at is not None
+            if position is None:  # not the follow-up: another request to the origin the client was sent to
+                position = self.place(flow, decision.leak_at)
+                state.reuse = True
+            action = Action.LOG if self.observe else decision.leak_action
+            for leak in decision.leaks:
+                if action is Action.STRIP:
+                    request.headers.pop(leak.header, None)  # every field of that name; a repeat finds none
+                    state.stripped |= {leak.fingerprint}
+                self.emit(LeakRecord(**self.base(flow, position), header=leak.header, fingerprint=leak.fingerprint,
+                                     kind=leak.kind, came_from=str(position.came_from), target=str(origin),
+                                     action=action))
+                mark(flow, f"credhop: client re-sent {leak.header} to {origin} ({leak.kind}); {action}")
+            state.sent = None  # recomputed without what was stripped
+        grant = decision.inject or decision.skipped
+        if grant is None:
+            return
+        if position is None:
+            position = self.place(flow, ChainPosition(grant.chain, grant.hop))
+            state.reuse = True
+        fields = dict(rule=grant.rule, header=grant.header, user=grant.user, fingerprint=grant.fingerprint)
+        if decision.skipped:
+            self.emit(InjectRecord(**self.base(flow, position), **fields, action=Action.SKIP, why=decision.why,
+                                   reason=decision.reason))
+            return
+        self.inject(flow, state, grant)
+        self.emit(InjectRecord(**self.base(flow, position), **fields, action=Action.INJECT))
+        mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
+
+    async def redirect(self, flow: http.HTTPFlow, streamed: bool) -> None:
+        assert self.fingerprint is not None and flow.response is not None
+        response = flow.response
+        client = client_of(flow, self.client_id)
+        state = self.state(flow)
+        state.redirect_seen = True
+        position = state.position or self.place(flow, new_chain())
+        issuer = await self.destination(flow)  # first: url_of reads the name it verified
+        redirect = Redirect(client, url_of(flow), issuer, response.status_code,
+                            tuple(response.headers.get_all("location")), address=address_of(flow))
+        decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, self.clock(),
+                                   ChainPosition(position.chain, position.hop + 1))
+        if decision.grant and not self.observe:
+            refusal = await self.ask(self.store.grant(decision.grant),
+                                     Refusal(Why.STORE_UNAVAILABLE, "the credential store did not answer"), "grant")
+            if refusal:
+                decision = decision.refused(refusal)
+        if decision.location and decision.location.credential:
+            self.redactor.remember(decision.location.credential.secret_forms())
+        sent = self.sent(flow, state)
+        self.emit(redirect_record(self.base(flow, position), redirect, decision, sent, self.observe))
+        if decision.fingerprint:
+            would = " (observe)" if self.observe else ""
+            mark(flow, f"credhop{would}: {decision.action} credential in Location -> "
+                       f"{decision.location.origin if decision.location else '?'} ({decision.fingerprint})")
+        if not self.observe:
+            state.body = apply_redirect(flow, decision, streamed, self.redactor)
+        if decision.location:
+            await self.ask(self.pending.expect(client, decision.location.normalized, decision.location.origin,
+                                               next_position(redirect, position, decision, sent, state.stripped)),
+                           None, "expect")
+
+    async def close(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """The final answer to a follow-up, so a report can tell what the client got."""
+        response = flow.response
+        assert response is not None
+        if state.body is not None and finish_body(response, state.body):
+            self.counters.add("body_scrubbed")
+        position = state.position
+        if not position or position.hop == 0 or response.status_code in REDIRECTS:
+            return
+        self.emit(ResponseRecord(**self.base(flow, position, reuse=state.reuse), status=response.status_code,
+                                 sent=[s.as_record() for s in self.sent(flow, state)] or None))
+        if response.status_code == 401 and not state.reuse and not position.retry:
+            # clients such as pip ask again, with credentials: that request continues this hop
+            await self.ask(self.pending.expect(client_of(flow, self.client_id), normalize_url(url_of(flow)),
+                                               origin_of(flow), replace(position, retry=True)), None, "expect")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = self.flows.pop(flow.id, None)
+        if state and state.position and flow.error and flow.live:
+            self.emit(ErrorRecord(**self.base(flow, state.position), reason=flow.error.msg))
+
+    async def destination(self, flow: http.HTTPFlow) -> Origin:
+        """The one place a request's destination origin is decided (see destination.py): mitmproxy's
+        request scheme, host and port, as always; in transparent mode `request.host` is the original
+        destination address, and a name the client gave (Host or `:authority`, TLS SNI) replaces it
+        only when the proxy resolves that name to that address."""
+        request, client = flow.request, flow.client_conn
+        if not is_transparent(flow):  # verified_origin's answer there, without a coroutine or the names
+            return request_origin(request.scheme, request.host, request.port)
+        verdict = await verified_origin(True, request.scheme, request.host, request.port,
+                                        (request.host_header, client.sni), self.resolver, original=client.sockname)
+        if verdict.how != "request":
+            remember_destination(flow, verdict.origin.host, verdict.how)
+        return verdict.origin
+
+    def inject(self, flow: http.HTTPFlow, state: FlowState, grant: Grant) -> None:
+        assert self.fingerprint is not None
+        add_header(flow.request, grant)
+        key = (grant.header, grant.value)
+        injected = self.injected.get(key)
+        if injected is None:
+            if len(self.injected) >= MAX_INJECTED:
+                self.injected.clear()
+            injected = self.injected[key] = as_injected(grant.header, grant.value, self.fingerprint)
+            # a grant another instance took in was never read here: mask it as injected, once per grant
+            self.redactor.remember(injected_forms(grant.value))
+        state.injected = injected
+        state.sent = None
+
+    # -- the store, with deadlines ---------------------------------------------------------
+
+    async def ask(self, call: Awaitable[T], fallback: T, op: str = "other") -> T:
+        """A store call with its own deadline: a slow or broken store never stalls the flow, and
+        its answer is then `fallback` (which never injects). Stores that declare themselves
+        `in_process` (their calls never wait on I/O) are awaited without one, when both are; a Redis
+        store bounds its own calls (credhop_store_timeout) and answers locally, so this deadline is
+        its last resort."""
+        start = time.monotonic()
+        try:
+            if getattr(self.store, "in_process", False) and getattr(self.pending, "in_process", False):
+                result = await call
+            else:
+                deadline = max(STORE_DEADLINE, 3 * self.link.timeout) if self.link else STORE_DEADLINE
+                result = await asyncio.wait_for(call, deadline)
+        except (asyncio.TimeoutError, StoreUnavailable, OSError) as e:
+            self.counters.add("store_errors")
+            if self.metrics:
+                self.metrics.store_call(op, time.monotonic() - start, "failed")
+                self.metrics.store_error(op, "timeout" if isinstance(e, asyncio.TimeoutError) else "error")
+            if not self.store_failing:  # once per outage
+                log.warning("credhop: credential store unavailable (%s); not injecting until it answers",
+                            type(e).__name__)
+            self.store_failing = True
+            return fallback
+        if self.metrics:
+            self.metrics.store_call(op, time.monotonic() - start, "ok")
+        self.store_failing = False
+        return result
+
+    def internal_error(self, flow: http.HTTPFlow, hook: str, error: Exception, stop: bool = True) -> None:
+        """Fail closed: a request credhop could not judge might carry a leak or need a strip, and a 3xx
+        it could not judge may carry a credential, so neither goes on; the client gets a 502 naming
+        credhop. The message names no value."""
+        self.counters.add("internal_errors")
+        # file and line only: an exception's text or locals may hold a secret
+        where = "; ".join(f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_tb(error.__traceback__))
+        log.error("credhop: internal error in %s for flow %s: %s at %s", hook, flow.id, type(error).__name__, where)
+        self.flows.pop(flow.id, None)
+        if stop:
+            flow.response = http.Response.make(502, INTERNAL_ERROR, {"content-type": "text/plain; charset=utf-8"})
+
+    # -- records and per-flow state --------------------------------------------------------
+
+    def base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:
+        return dict(ts=round(self.clock(), 6), client=client_of(flow, self.client_id), chain=position.chain,
+                    hop=position.hop, flow=flow.id, method=flow.request.method, url=redact_url(url_of(flow)),
+                    retry=position.retry, reuse=reuse, instance=self.instance)
+
+    def emit(self, record: Record) -> None:
+        self.sinks.emit(record)
+
+    def state(self, flow: http.HTTPFlow) -> FlowState:
+        state = self.flows.get(flow.id)
+        if state is None:
+            state = self.flows[flow.id] = FlowState()
+            while len(self.flows) > MAX_LIVE_FLOWS:  # flows that never ended
+                self.flows.popitem(last=False)
+        return state
+
+    def place(self, flow: http.HTTPFlow, position: ChainPosition) -> ChainPosition:
+        self.state(flow).position = position
+        flow.metadata[META] = {"chain": position.chain, "hop": position.hop}
+        return position
+
+    def sent(self, flow: http.HTTPFlow, state: FlowState) -> list[SentSecret]:
+        if state.sent is None:
+            assert self.fingerprint is not None
+            names = self.secret_headers
+            if is_upstream(flow) and flow.request.scheme == "http":
+                # the parent proxy's credential (upstream_auth, or the client's own): the parent takes
+                # it off, no origin server gets it, and it goes with every request: never a leak.
+                # (Inside an https tunnel it would reach the server: watched there as ever.)
+                names = names - {"proxy-authorization"}
+            state.sent = secrets_sent(flow.request.headers.items(multi=True), names, self.fingerprint, state.injected)
+        return state.sent
