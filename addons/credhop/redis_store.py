@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import presence
 from .pending import ChainPosition, MemoryPending
 from .records import Action, Why
 from .sealing import Sealer, Unsealable
@@ -122,6 +123,7 @@ class RedisLink:
         self._scripts: dict[str, Any] = {}
         self._unsealable_logged: float | None = None
         self._bad_key_logged: float | None = None
+        self.presence = presence.Presence(self, clock)  # lets requests of clients without state skip Redis
 
     @property
     def down(self) -> bool:
@@ -242,6 +244,7 @@ class RedisLink:
             pass
 
     async def close(self) -> None:
+        await self.presence.close()
         if self._probe:
             self._probe.cancel()
         try:
@@ -317,8 +320,9 @@ def _position_from(data: bytes) -> tuple[str, ChainPosition, float]:
 # -- grants --------------------------------------------------------------------------------------
 
 # KEYS: grant hash, the client's index (zset: grant key -> expiry ms), clients (zset: client -> count),
-# total (count of grants). ARGV: issuer mac, fingerprint mac, sealed value, expiry ms, ttl ms, now ms,
-# max per client, max entries, client member, index key prefix.
+# total (count of grants), presence (zset: client -> until ms; presence.py). ARGV: issuer mac, fingerprint
+# mac, sealed value, expiry ms, ttl ms, now ms, max per client, max entries, client member, index key
+# prefix, presence channel, presence entries older than this (ms) go.
 # Returns {0, sealed value held} for a refused swap, else {1, evicted, total}.
 GRANT = """
 local held = redis.call('HMGET', KEYS[1], 'i', 'f', 'v')
@@ -361,6 +365,9 @@ while total > max_entries and rounds < 64 do
 end
 if total < 0 then total = 0 end
 redis.call('SET', KEYS[4], total)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[12])
+redis.call('ZADD', KEYS[5], 'GT', ARGV[4], ARGV[9])
+redis.call('PUBLISH', ARGV[11], ARGV[9] .. ' ' .. ARGV[4])
 return {1, evicted, total}
 """
 
@@ -393,10 +400,11 @@ class RedisStore:
         sealer, now = self.link.sealer, self.clock()
         ttl_ms = max(1, int((grant.expires - now) * 1000))
         script = self.link.script("grant", GRANT)
-        keys = [key, index, PREFIX + "clients", PREFIX + "total"]
+        keys = [key, index, PREFIX + "clients", PREFIX + "total", presence.KEY]
         args = [sealer.name("issuer", str(grant.issuer)), sealer.name("fp", grant.fingerprint),
                 sealer.seal(_grant_bytes(grant), key), int(grant.expires * 1000), ttl_ms, int(now * 1000),
-                self.max_per_client, self.max_entries, who, PREFIX + "c:"]
+                self.max_per_client, self.max_entries, who, PREFIX + "c:", presence.CHANNEL,
+                int((now - presence.SKEW) * 1000)]
         try:
             answer = await self.link.call("grant", lambda: script(keys=keys, args=args))
         except Down:
@@ -408,6 +416,7 @@ class RedisStore:
         if answer is not None:
             self.evicted += int(answer[1])
             self.shared = int(answer[2])
+            self.link.presence.wrote(grant.client, grant.expires)
         return await self.local.grant(grant)
 
     async def get(self, client: str, origin: Origin) -> Grant | None:
@@ -468,7 +477,8 @@ class RedisStore:
             return None
 
     def may_hold(self, client: str) -> bool:
-        return True  # another instance may have granted it: only Redis knows
+        # another instance may have granted it: Redis knows, and tells every instance (presence.py)
+        return self.local.may_hold(client) or self.link.presence.may_have(client)
 
     def __len__(self) -> int:
         return len(self.local) if self.link.down else max(self.shared, len(self.local))
@@ -481,8 +491,9 @@ def _conflict(held: Grant, other: Grant) -> bool:
 
 # -- pending follow-ups ---------------------------------------------------------------------------
 
-# KEYS: the URL's queue, the origin's watch list, the client's index of queues (zset: key -> expiry ms).
-# ARGV: sealed position, sealed watch, expiry ms, ttl ms, now ms, max queues per client, max queue, max watch.
+# KEYS: the URL's queue, the origin's watch list, the client's index of queues (zset: key -> expiry ms),
+# presence (as for GRANT). ARGV: sealed position, sealed watch, expiry ms, ttl ms, now ms, max queues per
+# client, max queue, max watch, client member, presence channel.
 EXPECT = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[7]), -1)
@@ -500,6 +511,8 @@ while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[6]) do
   redis.call('DEL', victim[1])
   dropped = dropped + 1
 end
+redis.call('ZADD', KEYS[4], 'GT', ARGV[3], ARGV[9])
+redis.call('PUBLISH', ARGV[10], ARGV[9] .. ' ' .. ARGV[3])
 return dropped
 """
 
@@ -517,19 +530,21 @@ class RedisPending:
         self.dropped = 0
 
     def awaits(self, client: str) -> bool:
-        return True  # a 3xx on another instance may have sent the client here
+        # a 3xx on another instance may have sent the client here: Redis tells (presence.py)
+        return self.local.awaits(client) or self.link.presence.may_have(client)
 
     async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
         sealer, now = self.link.sealer, self.clock()
         expires = now + self.ttl
         queue = self.link.queue_key(client, url)
         watch = self.link.watch_key(client, origin)
-        index = PREFIX + "pc:" + self.link.sealer.name("client", client)
+        who = self.link.presence.name(client)
+        index = PREFIX + "pc:" + who
         script = self.link.script("expect", EXPECT)
         body = _position_bytes(client, position, expires)
-        keys = [queue, watch, index]
+        keys = [queue, watch, index, presence.KEY]
         args = [sealer.seal(body, queue), sealer.seal(body, watch), int(expires * 1000), int(self.ttl * 1000),
-                int(now * 1000), 2 * self.max_per_client, MAX_QUEUE, MAX_WATCH]
+                int(now * 1000), 2 * self.max_per_client, MAX_QUEUE, MAX_WATCH, who, presence.CHANNEL]
         try:
             dropped = await self.link.call("expect", lambda: script(keys=keys, args=args))
         except Down:
@@ -537,6 +552,7 @@ class RedisPending:
             return
         self.expected += 1
         self.dropped += int(dropped)
+        self.link.presence.wrote(client, expires)
 
     async def follow(self, client: str, url: str) -> ChainPosition | None:
         now = self.clock()
