@@ -10,27 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import sys
 import time
 from typing import Any, NoReturn
 
 from mitmproxy import command, ctx, exceptions, http
-from mitmproxy.proxy import mode_specs
 
 from . import exposure
-from .backends import make_metrics, make_stores
+from .backends import make_hoplog, make_metrics, make_stores
 from .credentials import Fingerprinter
 from .decide import REDIRECTS
 from .diagnosis import Chain, diagnose
 from .hop import Hops
-from .options import check_choices, declare, deferred_problem, fingerprint_key
+from .options import check_values, declare, deferred_problem, fingerprint_key, secret_headers_of
 from .output import redact_dumper, unredact_dumper, unredacted_warning
 from .pending import MemoryPending
 from .report import render_text, summary_line
-from .rules import MAX_TTL, RulesError, RuleSet, load_rules
-from .scrub import Redactor, SecretFilter, secret_header_names
+from .rules import RulesError
+from .rules_file import RulesRead, announce, read_rules, stamp_of
+from .scrub import Redactor, SecretFilter
 from .sinks import EventLog, HopLogFile, NotForAddLog, RecentChains, Sinks, is_legacy_handler
 from .store import MemoryStore
 
@@ -103,42 +102,24 @@ class CredHop:
     def _configure(self, updated: set[str]) -> None:
         """Check every changed option before changing anything: a refused value leaves all as it was."""
         opts = ctx.options
-        check_choices(opts, updated)
-        ttl, observe, headers = self.ttl, self.observe, self.secret_headers
-        if "credhop_ttl" in updated:
-            if not 0 < opts.credhop_ttl <= MAX_TTL:
-                raise exceptions.OptionsError(f"credhop_ttl must be 1..{MAX_TTL} seconds, not {opts.credhop_ttl}")
-            ttl = opts.credhop_ttl
-        if "credhop_max_credentials" in updated and opts.credhop_max_credentials < 1:
-            raise exceptions.OptionsError(
-                f"credhop_max_credentials must be at least 1, not {opts.credhop_max_credentials}")
-        if "credhop_observe" in updated:
-            observe = opts.credhop_observe
-        if "credhop_secret_headers" in updated:
-            try:
-                headers = secret_header_names(opts.credhop_secret_headers.split(","))
-            except ValueError as e:
-                raise exceptions.OptionsError(f"credhop_secret_headers: {e}") from None
+        check_values(opts, updated)
+        ttl = opts.credhop_ttl if "credhop_ttl" in updated else self.ttl
+        observe = opts.credhop_observe if "credhop_observe" in updated else self.observe
+        headers = secret_headers_of(opts) if "credhop_secret_headers" in updated else self.secret_headers
         rules = None
         if "credhop_rules" in updated:
             try:
-                rules = self._read_rules(opts.credhop_rules)
+                rules = read_rules(opts.credhop_rules)
             except RulesError as e:
                 raise exceptions.OptionsError(f"credhop_rules: {e}") from None
         fingerprint = self.fingerprint
         if "credhop_fingerprint_key" in updated or fingerprint is None:
             fingerprint = Fingerprinter(fingerprint_key(opts.credhop_fingerprint_key, opts.confdir))
-        if "credhop_store_timeout" in updated and not 0 < opts.credhop_store_timeout <= 10_000:
-            raise exceptions.OptionsError(
-                f"credhop_store_timeout must be 1..10000 milliseconds, not {opts.credhop_store_timeout}")
-        if opts.credhop_client_id == "proxyauth" and not getattr(opts, "proxyauth", None):
-            raise exceptions.OptionsError("credhop_client_id=proxyauth needs mitmproxy's --proxyauth: "
-                                          "without it no request names a user")
         stores = None
         if updated & {"credhop_store", "credhop_store_key", "credhop_store_timeout", "credhop_max_credentials"}:
-            stores = make_stores(opts, self.clock, self._store_event)
+            stores = make_stores(opts, self.clock, self.hops.store_event)
         redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
-        hoplog = self._open_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
+        hoplog = make_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
         metrics = self.metrics
         if "credhop_metrics" in updated:  # last: it starts a server, and nothing after it can fail
             try:
@@ -154,7 +135,7 @@ class CredHop:
         self.client_id = opts.credhop_client_id
         self.instance = opts.credhop_instance or f"{socket.gethostname()}:{getattr(opts, 'listen_port', None) or 8080}"
         if stores is not None:
-            self._use_stores(*stores)
+            self.hops.use_stores(*stores, warn_fingerprints=not opts.credhop_fingerprint_key)
         if metrics is not self.metrics:
             if self.metrics:
                 self.metrics.close()
@@ -172,11 +153,11 @@ class CredHop:
             hoplog.redactor = redactor
         self.sinks = Sinks(*(s for s in (self.counters, self.recent, self.event_log, hoplog, self.metrics) if s))
         if rules is not None:
-            self._use_rules(*rules)
+            self._use_rules(rules)
 
     def running(self) -> None:
         self._running = True
-        for line in exposure.warnings(_listeners(), bool(getattr(ctx.options, "proxyauth", None))):
+        for line in exposure.warnings(exposure.listeners_of(ctx.options), bool(getattr(ctx.options, "proxyauth", None))):
             log.warning("%s", line)
         warning = unredacted_warning(ctx.options, ctx.master)
         if warning:
@@ -196,7 +177,7 @@ class CredHop:
         if self.metrics:
             self.metrics.close()
             self.metrics = None
-        self._use_stores(MemoryStore(clock=self.clock), MemoryPending(clock=self.clock), None)
+        self.hops.use_stores(MemoryStore(clock=self.clock), MemoryPending(clock=self.clock), None)
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self.filter)
             handler.removeFilter(self.not_for_add_log)
@@ -261,39 +242,14 @@ class CredHop:
     def error(self, flow: http.HTTPFlow) -> None:
         self.hops.error(flow)
 
-    # -- fleet: shared store, metrics --------------------------------------------------
-
-    def _use_stores(self, store: Any, pending: Any, link: Any) -> None:
-        old = self.hops.link
-        self.store, self.pending, self.hops.link = store, pending, link
-        if link:
-            log.info("credhop: grants and follow-ups shared through %s (sealed, %d key(s)), as instance %s",
-                     link.where, link.sealer.generations, self.instance)
-            if not ctx.options.credhop_fingerprint_key:
-                log.warning("credhop: credhop_fingerprint_key is not set: each instance makes its own key, so "
-                            "fingerprints (swap and leak checks across instances) differ; give the fleet one file")
-        if old is not None:
-            try:
-                asyncio.get_running_loop().create_task(old.close())
-            except RuntimeError:
-                pass
-
-    def _store_event(self, op: str, seconds: float, cause: str | None) -> None:
-        """What the shared store's link saw: failures are counted (and logged by the link once per outage)."""
-        if cause is None:
-            return
-        self.counters.add("store_errors")
-        if self.metrics:
-            self.metrics.store_error(op, cause)
+    # -- metrics and chains ---------------------------------------------------------------
 
     def _chain_judged(self, chain: Chain) -> None:
         if self.metrics:
             self.metrics.chain_judged(chain)
 
     def _refresh_metrics(self) -> None:
-        if self.metrics:
-            self.metrics.refresh(len(self.store), len(self.pending),  # type: ignore[arg-type]
-                                 not (self.hops.link and self.hops.link.down) and not self.hops.store_failing)
+        self.hops.refresh_metrics()
 
     def _chain_failed(self, chain: Chain) -> None:
         self.counters.add("chains_failed")
@@ -305,7 +261,7 @@ class CredHop:
     def reload(self) -> None:
         """Reload the rules file now; on error keep the current rules."""
         try:
-            self._use_rules(*self._read_rules(ctx.options.credhop_rules))
+            self._use_rules(read_rules(ctx.options.credhop_rules))
         except RulesError as e:
             self._reload_failed(e)
 
@@ -323,37 +279,26 @@ class CredHop:
         """Counters of every decision credhop made since start."""
         return self.counters.line(len(self.store))  # type: ignore[arg-type]
 
-    # -- helpers ---------------------------------------------------------------------
+    # -- the rules file ----------------------------------------------------------------
 
-    def _read_rules(self, path: str) -> tuple[RuleSet, tuple[float, int] | None, str]:
-        if not path:
-            return RuleSet(()), None, path
-        stamp = _stamp(path)
-        return load_rules(path), stamp, path
-
-    def _use_rules(self, rules: RuleSet, stamp: tuple[float, int] | None, path: str) -> None:
-        self.rules, self._rules_stamp = rules, stamp
-        if not path:
-            log.warning("credhop: no rules file (credhop_rules is empty): credentials pass untouched")
-            return
-        self.counters.add("rules_loaded")
-        log.info("credhop: loaded %d rule(s) from %s", len(rules.rules), path)
-        for warning in rules.warnings:
-            log.warning("credhop: %s", warning)
+    def _use_rules(self, read: RulesRead) -> None:
+        self.rules, self._rules_stamp = read.rules, read.stamp
+        if announce(read):
+            self.counters.add("rules_loaded")
 
     async def _watch_rules(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
             self._refresh_metrics()
             path = ctx.options.credhop_rules
-            stamp = _stamp(path) if path else None
+            stamp = stamp_of(path) if path else None
             if path and stamp != self._rules_stamp:
                 try:
                     # in a thread: 10,000 rules take a second or more to read, and the event loop
                     # carries every flow meanwhile
-                    read = await asyncio.to_thread(self._read_rules, path)
+                    read = await asyncio.to_thread(read_rules, path)
                     if path == ctx.options.credhop_rules:  # not replaced by `--set` while it was read
-                        self._use_rules(*read)  # with the stamp read before the file: a later edit is seen
+                        self._use_rules(read)  # with the stamp read before the file: a later edit is seen
                     continue
                 except RulesError as e:
                     self._reload_failed(e)
@@ -361,37 +306,8 @@ class CredHop:
                     log.error("credhop: unexpected error reloading %s; keeping the previous rules", path)
                 self._rules_stamp = stamp  # a broken file is reported once per edit
 
-    @staticmethod
-    def _open_hoplog(path: str, redactor: Redactor) -> HopLogFile | None:
-        if not path:
-            return None
-        try:
-            return HopLogFile(path, redactor)
-        except OSError as e:
-            raise exceptions.OptionsError(f"credhop_log: cannot open {path}: {e.strerror}") from None
-
-
-def _listeners() -> list[exposure.Listener]:
-    """Where the proxy listens, per `--mode` (and `--listen-host`/`--listen-port` as defaults)."""
-    listeners = []
-    for spec in getattr(ctx.options, "mode", ()):
-        try:
-            mode = mode_specs.ProxyMode.parse(spec)
-        except ValueError:
-            continue  # mitmproxy reports it
-        listeners.append(exposure.Listener(mode.type_name, mode.listen_host(ctx.options.listen_host),
-                                           mode.listen_port(ctx.options.listen_port)))
-    return listeners
-
 
 def _exit_at_start(message: str) -> NoReturn:
     print(f"credhop: {message}", file=sys.stderr, flush=True)
     raise SystemExit(1)
 
-
-def _stamp(path: str) -> tuple[float, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime, st.st_size

@@ -10,6 +10,8 @@ from mitmproxy import exceptions
 from .metrics import parse_listen
 from .pending import MemoryPending
 from .scrub import printable
+from .scrub import Redactor
+from .sinks import HopLogFile
 from .store import Clock, MemoryStore
 
 STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")  # redis_store.connect's
@@ -50,6 +52,16 @@ def make_stores(opts: Any, clock: Clock, observer: Callable[[str, float, str | N
     max_entries = opts.credhop_max_credentials
     return (RedisStore(link, max_entries, clock=clock),
             RedisPending(link, max_per_client=min(max_entries, 1_000), clock=clock), link)
+
+
+def make_hoplog(path: str, redactor: Redactor) -> HopLogFile | None:
+    """The hop-log file `credhop_log` names, or None when it is empty."""
+    if not path:
+        return None
+    try:
+        return HopLogFile(path, redactor)
+    except OSError as e:
+        raise exceptions.OptionsError(f"credhop_log: cannot open {path}: {e.strerror}") from None
 
 
 def make_metrics(listen: str) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 # modes whose listeners take proxy traffic from whoever connects (wireguard has its own keys; local
 # and tun take this machine's own traffic; dns carries no HTTP)
@@ -51,3 +52,18 @@ def warnings(listeners: Iterable[Listener], proxyauth: bool) -> list[str]:
                    f"authentication: whoever can reach it can use the proxy and the redirect credentials it "
                    f"injects for their address; {fix} (docs/transparent.md)")
     return out
+
+
+def listeners_of(options: Any) -> list[Listener]:
+    """Where the proxy listens, per `--mode` (and `--listen-host`/`--listen-port` as defaults)."""
+    from mitmproxy.proxy import mode_specs  # here: the rest of this module runs without mitmproxy
+
+    found = []
+    for spec in getattr(options, "mode", ()):
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy reports it
+        found.append(Listener(mode.type_name, mode.listen_host(options.listen_host),
+                              mode.listen_port(options.listen_port)))
+    return found

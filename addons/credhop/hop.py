@@ -297,6 +297,34 @@ class Hops:
         if stop:
             flow.response = http.Response.make(502, INTERNAL_ERROR, {"content-type": "text/plain; charset=utf-8"})
 
+    def use_stores(self, store: Any, pending: Any, link: Any, warn_fingerprints: bool = False) -> None:
+        old = self.link
+        self.store, self.pending, self.link = store, pending, link
+        if link:
+            log.info("credhop: grants and follow-ups shared through %s (sealed, %d key(s)), as instance %s",
+                     link.where, link.sealer.generations, self.instance)
+            if warn_fingerprints:
+                log.warning("credhop: credhop_fingerprint_key is not set: each instance makes its own key, so "
+                            "fingerprints (swap and leak checks across instances) differ; give the fleet one file")
+        if old is not None:
+            try:
+                asyncio.get_running_loop().create_task(old.close())
+            except RuntimeError:
+                pass
+
+    def store_event(self, op: str, seconds: float, cause: str | None) -> None:
+        """What the shared store's link saw: failures are counted (and logged by the link once per outage)."""
+        if cause is None:
+            return
+        self.counters.add("store_errors")
+        if self.metrics:
+            self.metrics.store_error(op, cause)
+
+    def refresh_metrics(self) -> None:
+        if self.metrics:
+            self.metrics.refresh(len(self.store), len(self.pending),  # type: ignore[arg-type]
+                                 not (self.link and self.link.down) and not self.store_failing)
+
     # -- records and per-flow state --------------------------------------------------------
 
     def base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:

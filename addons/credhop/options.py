@@ -17,7 +17,7 @@ from typing import Any
 from mitmproxy import exceptions
 
 from .rules import MAX_TTL
-from .scrub import DEFAULT_SECRET_HEADERS, Redactor, printable
+from .scrub import DEFAULT_SECRET_HEADERS, Redactor, printable, secret_header_names
 
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")  # package data: shipped in the wheel
 PREFIX = "credhop_"
@@ -84,6 +84,29 @@ def check_choices(options: Any, updated: set[str]) -> None:
                 allowed = ", ".join(repr(c) for c in option.choices)
                 raise exceptions.OptionsError(f"{option.name}={printable(str(value)[:80], one_line=True)!r}: "
                                               f"not one of {allowed}")
+
+
+def check_values(options: Any, updated: set[str]) -> None:
+    """Every changed option's value in range, before anything changes. Raises OptionsError naming it."""
+    check_choices(options, updated)
+    if "credhop_ttl" in updated and not 0 < options.credhop_ttl <= MAX_TTL:
+        raise exceptions.OptionsError(f"credhop_ttl must be 1..{MAX_TTL} seconds, not {options.credhop_ttl}")
+    if "credhop_max_credentials" in updated and options.credhop_max_credentials < 1:
+        raise exceptions.OptionsError(
+            f"credhop_max_credentials must be at least 1, not {options.credhop_max_credentials}")
+    if "credhop_store_timeout" in updated and not 0 < options.credhop_store_timeout <= 10_000:
+        raise exceptions.OptionsError(
+            f"credhop_store_timeout must be 1..10000 milliseconds, not {options.credhop_store_timeout}")
+    if options.credhop_client_id == "proxyauth" and not getattr(options, "proxyauth", None):
+        raise exceptions.OptionsError("credhop_client_id=proxyauth needs mitmproxy's --proxyauth: "
+                                      "without it no request names a user")
+
+
+def secret_headers_of(options: Any) -> frozenset[str]:
+    try:
+        return secret_header_names(options.credhop_secret_headers.split(","))
+    except ValueError as e:
+        raise exceptions.OptionsError(f"credhop_secret_headers: {e}") from None
 
 
 def deferred_problem(options: Any, redactor: Redactor) -> str | None:

@@ -103,14 +103,15 @@ def test_the_watcher_reads_a_changed_rules_file_off_the_event_loop(hop, monkeypa
     import time
 
     from credhop import addon as addon_module
+    from credhop import rules_file
 
-    read = addon_module.load_rules
+    read = rules_file.load_rules
 
     def slow_read(path):
         time.sleep(0.5)
         return read(path)
 
-    monkeypatch.setattr(addon_module, "load_rules", slow_read)
+    monkeypatch.setattr(rules_file, "load_rules", slow_read)
     monkeypatch.setattr(addon_module, "RELOAD_INTERVAL", 0.01)
     hop.rules.write_text("rules:\n  - name: only\n    action: strip\n")
     os.utime(hop.rules, ns=(0, 10**9))  # a stamp of its own, whatever the file system's resolution
