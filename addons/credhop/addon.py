@@ -133,6 +133,7 @@ class CredHop:
             self.hops.injected.clear()
         self.ttl, self.observe, self.secret_headers, self.fingerprint = ttl, observe, headers, fingerprint
         self.client_id = opts.credhop_client_id
+        self.hops.count_plain = opts.credhop_plain_redirects == "count"
         self.instance = opts.credhop_instance or f"{socket.gethostname()}:{getattr(opts, 'listen_port', None) or 8080}"
         if stores is not None:
             self.hops.use_stores(*stores, warn_fingerprints=not opts.credhop_fingerprint_key)
@@ -170,6 +171,7 @@ class CredHop:
     def done(self) -> None:
         if self._watcher:
             self._watcher.cancel()
+        self.hops.flush_downloads(everything=True)
         log.info("credhop: %s", self.stats_line())
         if self.hoplog:
             self.hoplog.close()
@@ -272,6 +274,7 @@ class CredHop:
     @command.command("credhop.report")
     def report(self) -> str:
         """Why recent redirect chains failed: each chain as a tree with its findings."""
+        self.hops.flush_downloads(everything=True)
         return render_text(diagnose(self.recent.records()))
 
     @command.command("credhop.stats")
@@ -290,6 +293,7 @@ class CredHop:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
             self._refresh_metrics()
+            self.hops.flush_downloads()
             path = ctx.options.credhop_rules
             stamp = stamp_of(path) if path else None
             if path and stamp != self._rules_stamp:

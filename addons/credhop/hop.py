@@ -41,6 +41,7 @@ from .flows import (
     remember_destination,
     url_of,
 )
+from .downloads import DownloadTally
 from .leaks import Injected, SentSecret, as_injected, secrets_sent
 from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
 from .records import Action, ErrorRecord, InjectRecord, LeakRecord, Record, ResponseRecord, Why
@@ -71,6 +72,7 @@ class FlowState:
     injected: Injected | None = None  # the header credhop added
     body: Scrubber | Replacer | None = None  # rewrites the 3xx body (see bodies.py)
     redirect_seen: bool = False  # the 3xx went through responseheaders
+    download: Grant | None = None  # injected as a download, its records not yet written (downloads.py)
 
 
 class Hops:
@@ -95,9 +97,11 @@ class Hops:
         self.metrics: Any = None  # metrics.Metrics while credhop_metrics is set
         self.link: Any = None  # redis_store.RedisLink while credhop_store is a Redis URL
         self.store_failing = False
+        self.count_plain = False  # credhop_plain_redirects=count: bare redirects are counted, not recorded
         self.flows: OrderedDict[str, FlowState] = OrderedDict()
         # how each held credential reads once injected, so a download does not fingerprint it again
         self.injected: dict[tuple[str, str], Injected] = {}
+        self.downloads = DownloadTally()
 
     # -- the cheap tests -----------------------------------------------------------------
 
@@ -112,6 +116,8 @@ class Hops:
         that carried no secret (so nothing to leak on). Such a chain cannot fail for a credential.
         It is counted (`count_bare`, once, when it ends), not recorded: nothing about it can need a
         header, a strip or a leak check."""
+        if not self.count_plain:
+            return False
         state = self.flows.get(flow.id)
         if state is not None and state.position is not None:
             return False
@@ -136,8 +142,12 @@ class Hops:
             if position is None:
                 watch = await self.ask(self.pending.watching(client, origin), None, "watching")
         held = await self.ask(self.store.get(client, origin), None, "get") if self.store.may_hold(client) else None
-        if position is None and held is None and watch is None:
-            return
+        if position is None and watch is None:
+            if held is None:
+                return
+            if held.override or held.header.lower() not in header_names(request):
+                self.download(flow, held)  # what decide_follow_up would say, without its records
+                return
         state = self.state(flow)
         if position:
             self.place(flow, position)
@@ -174,12 +184,36 @@ class Hops:
         self.emit(InjectRecord(**self.base(flow, position), **fields, action=Action.INJECT))
         mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
 
+    def download(self, flow: http.HTTPFlow, grant: Grant) -> None:
+        """A later request to an origin the client holds a credential for: inject; its records wait
+        for the answer (`close`), and a good answer is only counted (`self.downloads`)."""
+        state = self.state(flow)
+        state.reuse = True
+        self.place(flow, ChainPosition(grant.chain, grant.hop))
+        self.inject(flow, state, grant)
+        state.download = grant
+        mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
+
+    def _record_download(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """The inject record a download put off, for a download that did not end well."""
+        grant, position = state.download, state.position
+        assert grant is not None and position is not None
+        state.download = None
+        self.emit(InjectRecord(**self.base(flow, position, reuse=True), rule=grant.rule, header=grant.header,
+                               user=grant.user, fingerprint=grant.fingerprint, action=Action.INJECT))
+
+    def flush_downloads(self, everything: bool = False) -> None:
+        for record in self.downloads.take(self.clock(), everything):
+            self.emit(record)
+
     async def redirect(self, flow: http.HTTPFlow, streamed: bool) -> None:
         assert self.fingerprint is not None and flow.response is not None
         response = flow.response
         client = client_of(flow, self.client_id)
         state = self.state(flow)
         state.redirect_seen = True
+        if state.download is not None:  # a download answered with a 3xx: a hop of its own
+            self._record_download(flow, state)
         position = state.position or self.place(flow, new_chain())
         issuer = await self.destination(flow)  # first: url_of reads the name it verified
         redirect = Redirect(client, url_of(flow), issuer, response.status_code,
@@ -215,6 +249,12 @@ class Hops:
         position = state.position
         if not position or position.hop == 0 or response.status_code in REDIRECTS:
             return
+        status = response.status_code
+        if state.download is not None:
+            if status < 400:
+                self._count_download(flow, state.download, position, status)
+                return
+            self._record_download(flow, state)
         self.emit(ResponseRecord(**self.base(flow, position, reuse=state.reuse), status=response.status_code,
                                  sent=[s.as_record() for s in self.sent(flow, state)] or None))
         if response.status_code == 401 and not state.reuse and not position.retry:
@@ -222,9 +262,24 @@ class Hops:
             await self.ask(self.pending.expect(client_of(flow, self.client_id), normalize_url(url_of(flow)),
                                                origin_of(flow), replace(position, retry=True)), None, "expect")
 
+    def _count_download(self, flow: http.HTTPFlow, grant: Grant, position: ChainPosition, status: int) -> None:
+        response = flow.response
+        assert response is not None
+        raw = response.raw_content
+        length = response.headers.get("content-length", "")
+        size = len(raw) if raw is not None else int(length) if length.isdigit() else 0
+        self.counters.add("injected")
+        if self.metrics:
+            self.metrics.injected(grant.rule)
+        for record in self.downloads.add(grant, client_of(flow, self.client_id), flow.request.method, self.clock(),
+                                         status, size, lambda: self.base(flow, position, reuse=True)):
+            self.emit(record)
+
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
         if state and state.position and flow.error and flow.live:
+            if state.download is not None:
+                self._record_download(flow, state)
             self.emit(ErrorRecord(**self.base(flow, state.position), reason=flow.error.msg))
 
     async def destination(self, flow: http.HTTPFlow) -> Origin:

@@ -96,6 +96,10 @@ class Metrics:
 
     # -- store ----------------------------------------------------------------------------------
 
+    def injected(self, rule: str) -> None:
+        """A download counted together (downloads.py): its inject record comes later, in aggregate."""
+        self.injections.labels(rule).inc()
+
     def bare_redirect(self) -> None:
         """A 3xx that starts no credential hop (hop.Hops.is_bare_redirect): not recorded, still counted."""
         self.redirects.labels("none", "").inc()

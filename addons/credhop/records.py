@@ -27,6 +27,7 @@ class Event(Code):
     RESPONSE = "response"  # the final response of a follow-up
     LEAK = "leak"  # a client re-sent a secret to another origin
     ERROR = "error"  # a follow-up failed without a response
+    DOWNLOADS = "downloads"  # later requests that got a held credential and a good answer, in aggregate
 
 
 class Action(Code):
@@ -161,6 +162,24 @@ class LeakRecord(Record):
 class ErrorRecord(Record):
     event: Event = Event.ERROR
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownloadsRecord(Record):
+    """Downloads of one chain from one origin that got the held credential and an answer below 400,
+    counted together (downloads.py). A download that fails has its own inject and response records."""
+
+    event: Event = Event.DOWNLOADS
+    flow: str | None = None  # many flows
+    reuse: bool = True
+    rule: str
+    header: str
+    user: str | None
+    fingerprint: str
+    count: int
+    bytes: int
+    statuses: dict[str, int]  # status code -> downloads that got it
+    first: float  # ts of the first download counted here; `ts` is the last
 
 
 EVENTS = frozenset(e.value for e in Event)

@@ -139,7 +139,10 @@ class _Paint:
 
 def _hop_line(hop: Hop, paint: _Paint) -> str:
     status = str(hop.status) if hop.status is not None else "—"
-    if hop.reuse:
+    if hop.downloads:
+        statuses = ", ".join(f"{n}× {code}" for code, n in sorted(hop.statuses.items()))
+        head = f"{hop.downloads} × {hop.method} {hop.url} (downloads, {hop.bytes:,} bytes) → {statuses}"
+    elif hop.reuse:
         head = f"{hop.method} {hop.url}" + (f" → {hop.status}" if hop.status is not None else "")
     else:
         head = f"#{hop.index} {hop.method} {hop.url} → {status}"
@@ -252,6 +255,7 @@ def _hop_json(h: Hop) -> dict[str, Any]:
         "sent": [{"header": s.header, "scheme": s.scheme, "fingerprint": s.fingerprint,
                   "injected": s.injected} for s in h.sent],
         "findings": [f.code for f in h.findings],
+        **({"downloads": h.downloads, "bytes": h.bytes, "statuses": h.statuses} if h.downloads else {}),
     }
 
 

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TextIO
 
 from .diagnosis import Chain, cannot_fail, diagnose
-from .records import SCHEMA, Action, Event, InjectRecord, LeakRecord, Record, RedirectRecord, ResponseRecord
+from .records import (
+    SCHEMA,
+    Action,
+    DownloadsRecord,
+    Event,
+    InjectRecord,
+    LeakRecord,
+    Record,
+    RedirectRecord,
+    ResponseRecord,
+)
 from .scrub import SCRUBBED_BY, Redactor, printable
 
 log = logging.getLogger("credhop")
@@ -74,7 +84,7 @@ def level_of(record: Record) -> int:
         if record.action is Action.NONE:
             return logging.WARNING if record.why else logging.DEBUG
         return logging.INFO
-    if isinstance(record, ResponseRecord):
+    if isinstance(record, (ResponseRecord, DownloadsRecord)):
         return logging.DEBUG
     if isinstance(record, InjectRecord) and record.action is Action.INJECT:
         return logging.DEBUG
@@ -92,6 +102,10 @@ def event_line(record: dict[str, Any]) -> str:
                 f" ({record['kind']})")
     elif event == Event.REDIRECT:
         what = f"{record.get('status')} {record.get('url')} -> {record.get('location')}"
+    elif event == Event.DOWNLOADS:
+        statuses = " ".join(f"{k}x{v}" for k, v in record.get("statuses", {}).items())
+        what = (f"{record.get('count')} {record['method']} download(s) from {record['url']} with {record['header']}, "
+                f"{record.get('bytes')} bytes, status {statuses}")
     else:  # response, error
         what = f"{record['method']} {record['url']} -> {record.get('status', 'no response')}"
     cred = ""

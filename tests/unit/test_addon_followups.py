@@ -41,8 +41,7 @@ def test_inject_moves_the_credential_to_exactly_that_origin(hop):
 
 
 def test_a_second_redirect_continues_the_chain(hop):
-    # the first Location carries a credential no rule matches (kept): its follow-up is a hop of the chain
-    first = run_redirect(hop, "https://u:p@hop2.example/simple/pkg/")
+    first = run_redirect(hop, "https://hop2.example/simple/pkg/")
     second = follow("https://hop2.example/simple/pkg/")
     hop.requestheaders(second)
     second.response = tflow.tresp(status_code=307, headers=((b"location", f"https://aws:{ENCODED}@registry.example/s/".encode()),))
@@ -154,7 +153,9 @@ def test_another_site_cannot_swap_the_credential_an_origin_holds(hop):
 
 
 def test_a_bare_redirect_is_counted_not_recorded_and_starts_no_chain(hop):
-    # one Location without `@` or a signed parameter, from a request without a secret: nothing to do
+    # credhop_plain_redirects=count: one Location without `@` or a signed parameter, from a request
+    # without a secret, is only counted
+    hop.tctx.configure(hop.addon, credhop_plain_redirects="count")
     f = run_redirect(hop, "https://hop2.example/simple/pkg/")
     g = send(hop, "https://hop2.example/simple/pkg/")
     g.response = tflow.tresp(status_code=404)
@@ -171,6 +172,7 @@ def test_a_bare_redirect_is_counted_not_recorded_and_starts_no_chain(hop):
 
 @pytest.mark.parametrize("why", ["secret sent", "signed location", "two locations", "in a chain"])
 def test_a_redirect_that_may_matter_is_never_taken_for_bare(hop, why):
+    hop.tctx.configure(hop.addon, credhop_plain_redirects="count")
     if why == "in a chain":
         run_redirect(hop, f"https://aws:{ENCODED}@registry.example/s/")
         f = send(hop, "https://registry.example/s/")  # the follow-up, injected, gets a plain 302
@@ -185,8 +187,18 @@ def test_a_redirect_that_may_matter_is_never_taken_for_bare(hop, why):
     assert [r for r in hop.records() if r["event"] == "redirect" and r["url"] == redact_url(f.request.url)]
 
 
+def test_plain_redirects_are_recorded_by_default(hop):
+    run_redirect(hop, "https://hop2.example/simple/pkg/")
+    assert [(r["event"], r["action"]) for r in hop.records()] == [("redirect", "none")]
+    hop.tctx.configure(hop.addon, credhop_plain_redirects="count")
+    run_redirect(hop, "https://hop2.example/simple/pkg/")
+    assert len(hop.records()) == 1 and hop.addon.counters["redirects"] == 2
+    with pytest.raises(Exception, match="credhop_plain_redirects='skip': not one of 'record', 'count'"):
+        hop.tctx.configure(hop.addon, credhop_plain_redirects="skip")
+
+
 def test_a_retry_after_401_continues_the_hop(hop):
-    run_redirect(hop, "https://u:p@pip-like.example/simple/", url="https://origin.example/simple/")
+    run_redirect(hop, "https://pip-like.example/simple/", url="https://origin.example/simple/")
     first = send(hop, "https://pip-like.example/simple/")
     first.response = tflow.tresp(status_code=401)
     hop.response(first)

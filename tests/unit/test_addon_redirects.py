@@ -71,11 +71,7 @@ def test_malformed_locations_never_crash_or_inject(hop, location):
     assert f.response.status_code == 302
     assert "authorization" not in send(hop, "https://registry.example/").request.headers
     assert "x-injected" not in send(hop, "https://registry.example/").request.headers
-    records = hop.records()
-    if "@" in location:
-        assert records[-1]["action"] in ("none", "keep")
-    else:  # no `@`: it cannot carry userinfo, so it is a bare redirect: counted, not recorded
-        assert records == [] and hop.addon.counters["redirects"] == 1
+    assert hop.records()[-1]["action"] in ("none", "keep")
 
 
 def test_missing_or_several_locations(hop):

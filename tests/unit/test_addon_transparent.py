@@ -112,7 +112,6 @@ def test_no_name_at_all_keeps_the_address_and_a_grant_for_the_address_still_work
 def test_relative_locations_resolve_against_the_verified_name(hop):
     use_table(hop)
     f = transparent(INDEX, "/pypi/simple/pkg", "registry.example", "registry.example", resp=True)
-    f.request.headers["Authorization"] = "Bearer client-own"  # a secret to watch: the redirect is recorded
     f.response.status_code = 301
     f.response.headers["location"] = "/pypi/simple/pkg/"
     hop.responseheaders(f)

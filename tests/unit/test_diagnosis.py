@@ -425,7 +425,7 @@ def test_catalogue_texts_survive_scrubbing():
                 assert scrub(f.message) == f.message and scrub(f.hint) == f.hint, f.code
 
 
-@pytest.mark.parametrize("module", ["diagnosis", "report", "html_report", "cli", "__main__", "replay", "signed"])
+@pytest.mark.parametrize("module", ["diagnosis", "chains", "checks", "findings", "downloads", "report", "html_report", "cli", "__main__", "replay", "signed"])
 def test_report_modules_import_neither_mitmproxy_nor_the_addon(module):
     import ast
     import importlib.util
