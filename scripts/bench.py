@@ -135,9 +135,14 @@ def key_file(path: Path) -> Path:
     return path
 
 
+# not about any request: presence.py's heartbeat on its subscription, and this bench's own INFO
+_NOT_REQUESTS = ("cmdstat_ping", "cmdstat_info", "cmdstat_subscribe", "cmdstat_unsubscribe")
+
+
 def redis_commands(redis: RedisServer) -> int:
-    """Commands redis-server has processed so far (INFO stats)."""
-    return int(redis.command("INFO", "stats")["total_commands_processed"])
+    """Commands about requests redis-server has processed so far (INFO commandstats)."""
+    stats = redis.command("INFO", "commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_") and k not in _NOT_REQUESTS)
 
 
 def configs(args: argparse.Namespace, workdir: Path, redis: RedisServer | None = None) -> list[Config]:
@@ -156,6 +161,9 @@ def configs(args: argparse.Namespace, workdir: Path, redis: RedisServer | None =
         path = workdir / f"rules-{n}.yaml"
         path.write_text(rulegen.to_yaml(rulegen.specs(n)))
         out.append(Config(f"rules{n}", f"credhop, {n:,} rules", n, ["-s", entry, "--set", f"credhop_rules={path}"]))
+    if args.instructions:  # credhop_plain_redirects=count: a 3xx that cannot start a credential hop is only counted
+        out.append(Config("count", "credhop, shipped rules, plain redirects counted", 2,
+                          shipped + ["--set", "credhop_plain_redirects=count"]))
     out.append(Config("hoplog", "credhop, shipped rules + hop log", 2,
                       shipped + ["--set", f"credhop_log={workdir / 'hops.jsonl'}"]))
     # the one info line per credential hop costs more in mitmproxy's log handlers than the decision:
@@ -232,7 +240,7 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
                 cpu1 = [cpu_seconds(c.proc.pid) for c in cfgs]  # type: ignore[union-attr]
                 bcpu1 = cpu_seconds(backend.pid)
                 rcpu1 = cpu_seconds(redis.proc.pid) if redis else 0.0  # type: ignore[union-attr]
-                cmds1 = redis_commands(redis) - 1 if redis else 0  # less our first INFO
+                cmds1 = redis_commands(redis) if redis else 0
                 counted = [callgrind.dump(c.proc.pid, c.counts) if args.instructions else 0  # type: ignore
                            for c in cfgs]
                 counted1 = time.monotonic()
@@ -617,8 +625,48 @@ def write_instruction_report(args: argparse.Namespace, rows: list[dict], started
             lines.append(f"| {w} | {s} | {bare / 1e6:.2f} M | " + " | ".join(
                 f"**x{fmt(by[c]['instructions_ratio'], 3)}** ({(by[c]['instructions'] - bare) / 1e3:+,.0f} k)"
                 for c in configs_) + " |")
-    lines += ["", *_instruction_findings(args, rows), "", "## Reproduce", "", f"```\n{args.command}\n```"]
+    lines += ["", *_instruction_targets(args, rows), "", *_instruction_findings(args, rows), "", "## Reproduce", "",
+              f"```\n{args.command}\n```"]
     return "\n".join(lines) + "\n"
+
+
+# issue 23's targets: (configuration, workload) -> most instructions per request, as a ratio to bare mitmdump
+TARGETS = {
+    ("shipped", "plain"): 1.012, ("shipped", "noauth"): 1.015, ("shipped", "download"): 1.02,
+    ("shipped", "redirect"): 1.07,
+    ("hoplog", "plain"): 1.022, ("hoplog", "noauth"): 1.025, ("hoplog", "download"): 1.03, ("hoplog", "redirect"): 1.08,
+    ("redis", "plain"): 1.02, ("redis", "download"): 1.05, ("redis", "redirect"): 1.12,
+}
+BEFORE = REPO / "docs" / "performance-instructions-before.json"  # issue 23's starting point (05eb45f, HTTP)
+
+
+def _instruction_targets(args: argparse.Namespace, rows: list[dict]) -> list[str]:
+    """Each target next to this run and the run before issue 23, met or not."""
+    before = {}
+    if BEFORE.exists():
+        before = {(r["config"], r["workload"], r["scheme"]): r["instructions_ratio"]
+                  for r in json.loads(BEFORE.read_text())["rows"]}
+    now = {(r["config"], r["workload"], r["scheme"]): r for r in rows}
+    out = ["## Targets (issue 23)", "",
+           "Instructions per request against bare mitmdump in the same run; **before** is the run of "
+           "docs/performance-instructions-before.json (HTTP only). The noauth target also shows the "
+           "configuration with `credhop_plain_redirects=count`.", "",
+           "| configuration | workload | scheme | target | before | now | met |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (config, workload), target in TARGETS.items():
+        for scheme in args.schemes:
+            for shown in ([config, "count"] if (config, workload) == ("shipped", "noauth") else [config]):
+                row = now.get((shown, workload, scheme))
+                if row is None:
+                    continue
+                ratio = row["instructions_ratio"]
+                was = before.get((shown, workload, scheme))
+                commands = ""
+                if shown == "redis" and row.get("requests"):
+                    commands = f", {row.get('redis_commands', 0) / row['requests']:.2f} Redis commands/request"
+                out.append(f"| {row['label']} | {workload} | {scheme} | x{target:.3f} | "
+                           f"{'x' + fmt(was, 3) if was else '—'} | x{fmt(ratio, 3)}{commands} | "
+                           f"{'yes' if ratio <= target else '**no**'} |")
+    return out
 
 
 def _instruction_findings(args: argparse.Namespace, rows: list[dict]) -> list[str]:
@@ -749,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--instructions", action="store_true")
     if pre.parse_known_args(argv)[0].instructions:  # a slower process: fewer requests, one round, no micro
         p.set_defaults(out=REPO / "docs" / "performance-instructions.md", requests=200, rounds=1, threads=2,
-                       rule_sets=[10000], schemes=["http"], no_micro=True, compare=None)
+                       rule_sets=[10000], schemes=["http", "https"], no_micro=True, compare=None)
     args = p.parse_args(argv)
     if args.instructions and not callgrind.available():
         p.error("--instructions needs valgrind and callgrind_control (make system-deps installs them)")
