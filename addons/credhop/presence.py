@@ -44,6 +44,8 @@ class Presence:
     def __init__(self, link: Any, clock: Any = time.time) -> None:
         self.link, self.clock = link, clock
         self.until: dict[str, float] = {}  # sealed name -> when its state ends (s since the epoch)
+        self.epochs: dict[str, int] = {}  # sealed name -> writes heard for it (see `epoch`)
+        self.generation = 0  # goes up whenever a message may have been missed
         self.live = False  # subscribed, heartbeat answered, and the set read since
         self.skipped = 0  # requests answered "nothing" without asking Redis
         self.resyncs = 0
@@ -70,11 +72,20 @@ class Presence:
         self.skipped += 1
         return False
 
+    def epoch(self, client: str) -> tuple[int, int] | None:
+        """Changes with every write for `client` anywhere in the fleet, and with every gap in what this
+        instance heard: an answer read from Redis stays true while this stays the same (up to the
+        message's way here). None when it cannot tell."""
+        if not self.live or self.link.sealer.generations > 1:
+            return None
+        return self.generation, self.epochs.get(self.name(client), 0)
+
     def wrote(self, client: str, until: float) -> None:
         """This instance wrote state for `client` (the script published it too)."""
         self._note(self.name(client), until)
 
     def _note(self, name: str, until: float) -> None:
+        self.epochs[name] = self.epochs.get(name, 0) + 1
         if until > self.until.get(name, 0.0):
             self.until[name] = until
             if len(self.until) > MAX_NAMES:
@@ -85,8 +96,11 @@ class Presence:
     def _prune(self) -> None:
         now = self.clock() - SKEW
         self.until = {n: u for n, u in self.until.items() if u > now}
+        self.epochs = {n: e for n, e in self.epochs.items() if n in self.until}
+        self.generation += 1  # an epoch dropped here starts again from 0: no view may match it
 
     def _distrust(self, why: str) -> None:
+        self.generation += 1
         if self.live:
             log.info("credhop: shared store %s: asking it on every request again (%s)", self.link.where, why)
         self.live = False
@@ -135,6 +149,7 @@ class Presence:
                     self._prune()
         finally:
             self.live = False
+            self.generation += 1
             try:
                 await asyncio.wait_for(pubsub.aclose() if hasattr(pubsub, "aclose") else pubsub.reset(), timeout)
             except Exception:

@@ -40,6 +40,9 @@ PREFIX = "credhop:v1:"
 PROBE_INTERVAL = 0.5  # seconds between pings while Redis is down
 FIRST_PROBE = 0.05
 PREFETCH_FRESH = 0.2  # seconds a prefetched answer may be used by the same request's next call
+VIEW_FOR = 30.0  # seconds a client's view of one origin (RedisLink.views) is used at most
+MAX_VIEWS = 100_000
+MAX_OPENED = 4_096  # sealed values kept opened
 QUIET_AFTER = 2.0  # an outage starting this soon after the last one ended is logged at debug level
 MAX_QUEUE = 16  # follow-ups one client may await for one URL
 MAX_WATCH = 8  # redirects of one client to one origin remembered for leak checks
@@ -124,6 +127,10 @@ class RedisLink:
         self._unsealable_logged: float | None = None
         self._bad_key_logged: float | None = None
         self.presence = presence.Presence(self, clock)  # lets requests of clients without state skip Redis
+        # (client, origin) -> (epoch, watch list, grant value, when): what Redis held for a client with no
+        # follow-up queued anywhere, used again while presence's epoch for the client stays the same
+        self.views: dict[tuple[str, str], tuple[Any, Any, Any, float]] = {}
+        self._names: dict[tuple[str, ...], str] = {}
 
     @property
     def down(self) -> bool:
@@ -131,10 +138,40 @@ class RedisLink:
 
     # key names: HMACs of what they are for, per key generation
     def grant_key(self, client: str, origin: Origin, generation: int = 0) -> str:
-        return PREFIX + "g:" + self.sealer.name("grant", client, str(origin), generation=generation)
+        return PREFIX + "g:" + self._name("grant", client, str(origin), generation)
 
     def watch_key(self, client: str, origin: Origin, generation: int = 0) -> str:
-        return PREFIX + "w:" + self.sealer.name("origin", client, str(origin), generation=generation)
+        return PREFIX + "w:" + self._name("origin", client, str(origin), generation)
+
+    def _name(self, kind: str, client: str, what: str, generation: int) -> str:
+        """sealer.name, remembered: a download asks for the same client's and origin's keys again and again."""
+        key = (kind, client, what, str(generation))
+        name = self._names.get(key)
+        if name is None:
+            if len(self._names) >= MAX_VIEWS:
+                self._names.clear()
+            name = self._names[key] = self.sealer.name(kind, client, what, generation=generation)
+        return name
+
+    def view(self, client: str, origin: Origin) -> tuple[Any, Any] | None:
+        """(watch list, grant value) as Redis last held them for `client` and `origin`, while nothing was
+        written for the client since (presence epoch) and no follow-up of it was queued anywhere."""
+        key = (client, str(origin))
+        found = self.views.get(key)
+        if found is None:
+            return None
+        epoch, watched, granted, when = found
+        if epoch is None or epoch != self.presence.epoch(client) or time.monotonic() - when > VIEW_FOR:
+            del self.views[key]
+            return None
+        return watched, granted
+
+    def keep_view(self, client: str, origin: Origin, epoch: Any, watched: Any, granted: Any) -> None:
+        if epoch is None or epoch != self.presence.epoch(client):  # written meanwhile: not sure
+            return
+        if len(self.views) >= MAX_VIEWS:
+            self.views.clear()
+        self.views[(client, str(origin))] = (epoch, watched, granted, time.monotonic())
 
     def queue_key(self, client: str, url: str, generation: int = 0) -> str:
         return PREFIX + "p:" + self.sealer.name("url", client, url, generation=generation)
@@ -382,6 +419,7 @@ class RedisStore:
         self.max_entries, self.max_per_client = max_entries, self.local.max_per_client
         self.shared = 0  # grants the fleet held at this instance's last grant
         self.evicted = 0
+        self._opened: dict[tuple[bytes, str], Grant] = {}  # (sealed value, key) -> what it holds
 
     def _keys(self, client: str, origin: Origin, generation: int = 0) -> tuple[str, str, str]:
         who = self.link.sealer.name("client", client, generation=generation)
@@ -470,11 +508,18 @@ class RedisStore:
         return None
 
     def _open(self, value: bytes, key: str, op: str) -> Grant | None:
+        opened = self._opened.get((value, key))
+        if opened is not None:  # the same sealed value again (a download): opened once, not per request
+            return opened
         try:
-            return _grant_from(self.link.sealer.open(value, key))
+            grant = _grant_from(self.link.sealer.open(value, key))
         except (Unsealable, ValueError, TypeError):
             self.link.unsealable(op)
             return None
+        if len(self._opened) >= MAX_OPENED:
+            self._opened.clear()
+        self._opened[(value, key)] = grant
+        return grant
 
     def may_hold(self, client: str) -> bool:
         # another instance may have granted it: Redis knows, and tells every instance (presence.py)
@@ -513,7 +558,20 @@ while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[6]) do
 end
 redis.call('ZADD', KEYS[4], 'GT', ARGV[3], ARGV[9])
 redis.call('PUBLISH', ARGV[10], ARGV[9] .. ' ' .. ARGV[3])
+redis.call('ZADD', KEYS[5], ARGV[3], KEYS[1])
+redis.call('PEXPIRE', KEYS[5], ARGV[4])
 return dropped
+"""
+
+
+# KEYS: the URL's queue, the origin's watch list, the grant, the client's queued URLs (zset: queue -> expiry
+# ms, EXPECT adds). ARGV: now ms. One round trip for a request: its follow-up, what watching() and get()
+# ask next, and how many queues of the client are left (0: a view of this origin may be kept).
+FOLLOW = """
+local popped = redis.call('LPOP', KEYS[1])
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[4], KEYS[1]) end
+local queued = redis.call('ZCOUNT', KEYS[4], ARGV[1], '+inf')
+return {popped, redis.call('LRANGE', KEYS[2], 0, -1), redis.call('HGET', KEYS[3], 'v'), queued}
 """
 
 
@@ -542,7 +600,7 @@ class RedisPending:
         index = PREFIX + "pc:" + who
         script = self.link.script("expect", EXPECT)
         body = _position_bytes(client, position, expires)
-        keys = [queue, watch, index, presence.KEY]
+        keys = [queue, watch, index, presence.KEY, PREFIX + "pq:" + who]
         args = [sealer.seal(body, queue), sealer.seal(body, watch), int(expires * 1000), int(self.ttl * 1000),
                 int(now * 1000), 2 * self.max_per_client, MAX_QUEUE, MAX_WATCH, who, presence.CHANNEL]
         try:
@@ -557,6 +615,10 @@ class RedisPending:
     async def follow(self, client: str, url: str) -> ChainPosition | None:
         now = self.clock()
         origin = origin_of_url(url)
+        view = self.link.view(client, origin) if origin is not None else None
+        if view is not None:  # nothing queued for this client anywhere, nothing written since: no round trip
+            self.link.prefetch(client, origin, watch=view[0], grant=view[1])  # type: ignore[arg-type]
+            return await self.local.follow(client, url)
         for generation in range(self.link.sealer.generations):
             queue = self.link.queue_key(client, url, generation)
             first = generation == 0 and origin is not None and self.link.sealer.generations == 1
@@ -577,12 +639,15 @@ class RedisPending:
         return await self.local.follow(client, url)
 
     async def _lookup(self, client: str, queue: str, origin: Origin) -> Any:
-        pipe = self.link.redis.pipeline(transaction=False)
-        pipe.lpop(queue)
-        pipe.lrange(self.link.watch_key(client, origin), 0, -1)
-        pipe.hget(self.link.grant_key(client, origin), "v")
-        popped, watched, granted = await pipe.execute()
+        epoch = self.link.presence.epoch(client)  # before asking: a write after it changes it
+        keys = [queue, self.link.watch_key(client, origin), self.link.grant_key(client, origin),
+                PREFIX + "pq:" + self.link.presence.name(client)]
+        popped, watched, granted, queued = await self.link.script("follow", FOLLOW)(
+            keys=keys, args=[int(self.clock() * 1000)])
+        watched = watched or []
         self.link.prefetch(client, origin, watch=watched, grant=granted)
+        if popped is None and not int(queued):
+            self.link.keep_view(client, origin, epoch, watched, granted)
         return popped
 
     async def watching(self, client: str, origin: Origin) -> ChainPosition | None:

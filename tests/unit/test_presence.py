@@ -151,3 +151,63 @@ def test_a_stopped_redis_is_noticed_by_the_heartbeat(redis):
             redis.thaw()
         await b.close()
     asyncio.run(go())
+
+
+# -- views: a client's later requests to one origin, without a round trip -------------------------
+
+
+async def _request(one: Instance, client: str, url: str, origin: Origin = A):
+    """As hop.Hops.follow_up asks the stores for one request."""
+    if not (one.pending.awaits(client) or one.store.may_hold(client)):
+        return None, None
+    position = await one.pending.follow(client, url)
+    if position is None:
+        await one.pending.watching(client, origin)
+    return position, await one.store.get(client, origin)
+
+
+def test_downloads_after_the_follow_up_make_no_round_trip_until_something_is_written(redis):
+    async def go():
+        a, b = Instance(redis.url), Instance(redis.url)
+        await _until_live(a, b)
+        client = "10.0.0.20"
+        assert await a.store.grant(grant(client=client, value="Basic one")) is None
+        await a.pending.expect(client, "https://a.example/s/", A, _position())
+        await asyncio.sleep(0.05)
+        position, held = await _request(b, client, "https://a.example/s/")  # the follow-up: taken from Redis
+        assert position.chain == "c" and held.value == "Basic one"
+        await _request(b, client, "https://a.example/files/first.whl")  # reads that nothing is queued: a view
+        before = _state_calls(redis)
+        for i in range(50):  # the other downloads: what b read last still holds
+            position, held = await _request(b, client, f"https://a.example/files/{i}.whl")
+            assert position is None and held.value == "Basic one"
+        assert _state_calls(redis) == before
+        # the redirector hands out a fresh credential on instance a: b hears of it and asks again
+        assert await a.store.grant(grant(client=client, value="Basic two")) is None
+        await asyncio.sleep(0.05)
+        assert (await _request(b, client, "https://a.example/files/x.whl"))[1].value == "Basic two"
+        assert _state_calls(redis) > before
+        # a new redirect on a: the follow-up queued there is found on b, not answered from the view
+        await a.pending.expect(client, "https://a.example/t/", A, _position())
+        await asyncio.sleep(0.05)
+        assert (await _request(b, client, "https://a.example/t/"))[0].chain == "c"
+        await a.close(), await b.close()
+    asyncio.run(go())
+
+
+def test_a_view_is_not_used_after_a_gap_in_the_subscription(redis):
+    async def go():
+        a, b = Instance(redis.url), Instance(redis.url)
+        await _until_live(a, b)
+        client = "10.0.0.21"
+        assert await a.store.grant(grant(client=client, value="Basic one")) is None
+        await asyncio.sleep(0.05)
+        await _request(b, client, "https://a.example/files/0.whl")
+        redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+        while b.link.presence.live:
+            await asyncio.sleep(0.001)
+        assert await a.store.grant(grant(client=client, value="Basic two")) is None  # b hears nothing of it
+        await _until_live(b)
+        assert (await _request(b, client, "https://a.example/files/1.whl"))[1].value == "Basic two"
+        await a.close(), await b.close()
+    asyncio.run(go())
