@@ -220,14 +220,22 @@ class Hops:
                             tuple(response.headers.get_all("location")), address=address_of(flow))
         decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, self.clock(),
                                    ChainPosition(position.chain, position.hop + 1))
+        sent = self.sent(flow, state)
+        location = decision.location
+        expected = (client, location.normalized, location.origin,
+                    next_position(redirect, position, decision, sent, state.stripped)) if location else None
         if decision.grant and not self.observe:
-            refusal = await self.ask(self.store.grant(decision.grant),
-                                     Refusal(Why.STORE_UNAVAILABLE, "the credential store did not answer"), "grant")
+            unanswered = Refusal(Why.STORE_UNAVAILABLE, "the credential store did not answer")
+            together = getattr(self.store, "grant_and_expect", None)
+            if together is not None and expected is not None:  # a shared store: one round trip for both
+                refusal = await self.ask(together(decision.grant, self.pending, expected), unanswered, "grant")
+                expected = None
+            else:
+                refusal = await self.ask(self.store.grant(decision.grant), unanswered, "grant")
             if refusal:
                 decision = decision.refused(refusal)
-        if decision.location and decision.location.credential:
-            self.redactor.remember(decision.location.credential.secret_forms())
-        sent = self.sent(flow, state)
+        if location and location.credential:
+            self.redactor.remember(location.credential.secret_forms())
         self.emit(redirect_record(self.base(flow, position), redirect, decision, sent, self.observe))
         if decision.fingerprint:
             would = " (observe)" if self.observe else ""
@@ -235,10 +243,8 @@ class Hops:
                        f"{decision.location.origin if decision.location else '?'} ({decision.fingerprint})")
         if not self.observe:
             state.body = apply_redirect(flow, decision, streamed, self.redactor)
-        if decision.location:
-            await self.ask(self.pending.expect(client, decision.location.normalized, decision.location.origin,
-                                               next_position(redirect, position, decision, sent, state.stripped)),
-                           None, "expect")
+        if expected is not None:
+            await self.ask(self.pending.expect(*expected), None, "expect")
 
     async def close(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """The final answer to a follow-up, so a report can tell what the client got."""

@@ -434,19 +434,53 @@ class RedisStore:
             if held and _conflict(held, grant):
                 return Refusal(Why.SWAP_REFUSED,
                                f"{grant.origin} already holds a live credential handed out by {held.issuer}")
+        keys, args = self._grant_call(grant)
+        script = self.link.script("grant", GRANT)
+        try:
+            answer = await self.link.call("grant", lambda: script(keys=keys, args=args))
+        except Down:
+            answer = None
+        return await self._granted(grant, keys[0], answer)
+
+    async def grant_and_expect(self, grant: Grant, pending: RedisPending,
+                               expected: tuple[str, str, Origin, ChainPosition]) -> Refusal | None:
+        """`grant`, then `pending.expect(*expected)`, in one round trip (a credential redirect). The
+        follow-up is expected whatever the store answers: a refused grant keeps the Location, and the
+        client follows it all the same."""
+        refusal = self.local.refusal(grant)
+        if refusal or self.link.sealer.generations > 1 or pending.link is not self.link:
+            refusal = refusal or await self.grant(grant)
+            await pending.expect(*expected)
+            return refusal
+        gkeys, gargs = self._grant_call(grant)
+        ekeys, eargs, expires = pending._expect_call(*expected)
+
+        async def both() -> Any:
+            pipe = self.link.redis.pipeline(transaction=False)
+            await self.link.script("grant", GRANT)(keys=gkeys, args=gargs, client=pipe)
+            await self.link.script("expect", EXPECT)(keys=ekeys, args=eargs, client=pipe)
+            return await pipe.execute()
+        try:
+            answers = await self.link.call("grant", both)
+        except Down:
+            await pending.local.expect(*expected)
+            return await self._granted(grant, gkeys[0], None)
+        pending._expected(expected[0], answers[1], expires)
+        return await self._granted(grant, gkeys[0], answers[0])
+
+    def _grant_call(self, grant: Grant) -> tuple[list[str], list[Any]]:
         key, index, who = self._keys(grant.client, grant.origin)
         sealer, now = self.link.sealer, self.clock()
         ttl_ms = max(1, int((grant.expires - now) * 1000))
-        script = self.link.script("grant", GRANT)
         keys = [key, index, PREFIX + "clients", PREFIX + "total", presence.KEY]
         args = [sealer.name("issuer", str(grant.issuer)), sealer.name("fp", grant.fingerprint),
                 sealer.seal(_grant_bytes(grant), key), int(grant.expires * 1000), ttl_ms, int(now * 1000),
                 self.max_per_client, self.max_entries, who, PREFIX + "c:", presence.CHANNEL,
                 int((now - presence.SKEW) * 1000)]
-        try:
-            answer = await self.link.call("grant", lambda: script(keys=keys, args=args))
-        except Down:
-            answer = None
+        return keys, args
+
+    async def _granted(self, grant: Grant, key: str, answer: Any) -> Refusal | None:
+        """What GRANT answered (None: Redis did not), and the local copy."""
         if answer is not None and int(answer[0]) == 0:
             held = self._open(answer[1], key, "grant")
             issuer = held.issuer if held else "another redirect"
@@ -592,22 +626,30 @@ class RedisPending:
         return self.local.awaits(client) or self.link.presence.may_have(client)
 
     async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
+        keys, args, expires = self._expect_call(client, url, origin, position)
+        script = self.link.script("expect", EXPECT)
+        try:
+            dropped = await self.link.call("expect", lambda: script(keys=keys, args=args))
+        except Down:
+            await self.local.expect(client, url, origin, position)
+            return
+        self._expected(client, dropped, expires)
+
+    def _expect_call(self, client: str, url: str, origin: Origin,
+                     position: ChainPosition) -> tuple[list[str], list[Any], float]:
         sealer, now = self.link.sealer, self.clock()
         expires = now + self.ttl
         queue = self.link.queue_key(client, url)
         watch = self.link.watch_key(client, origin)
         who = self.link.presence.name(client)
         index = PREFIX + "pc:" + who
-        script = self.link.script("expect", EXPECT)
         body = _position_bytes(client, position, expires)
         keys = [queue, watch, index, presence.KEY, PREFIX + "pq:" + who]
         args = [sealer.seal(body, queue), sealer.seal(body, watch), int(expires * 1000), int(self.ttl * 1000),
                 int(now * 1000), 2 * self.max_per_client, MAX_QUEUE, MAX_WATCH, who, presence.CHANNEL]
-        try:
-            dropped = await self.link.call("expect", lambda: script(keys=keys, args=args))
-        except Down:
-            await self.local.expect(client, url, origin, position)
-            return
+        return keys, args, expires
+
+    def _expected(self, client: str, dropped: Any, expires: float) -> None:
         self.expected += 1
         self.dropped += int(dropped)
         self.link.presence.wrote(client, expires)

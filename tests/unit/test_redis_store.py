@@ -310,3 +310,30 @@ def test_sentinel_url_finds_the_primary(redis, tmp_path):
             assert one.link.outages == 0
             await one.close(), await two.close()
         asyncio.run(go())
+
+
+def test_a_credential_redirect_costs_one_round_trip(redis):
+    """The grant and the follow-up it expects go to Redis in one pipeline; another instance finds both."""
+    from credhop.pending import ChainPosition
+
+    async def go():
+        one, two = Instance(redis.url), Instance(redis.url)
+        expected = ("10.0.0.1", "https://a.example/simple/", A, ChainPosition("c", 1))
+        assert await one.store.grant_and_expect(grant(), one.pending, expected) is None
+        assert [op for op, _, cause in one.seen] == ["grant"] and one.pending.expected == 1
+        assert (await two.pending.follow("10.0.0.1", "https://a.example/simple/")).chain == "c"
+        assert (await two.store.get("10.0.0.1", A)).value == "Basic xyz"
+        # a refused swap in the same round trip: the follow-up is still expected (the Location stays)
+        other = grant(issuer=EVIL, fingerprint="hm:2", value="Basic evil")
+        one.store.local.clear()
+        refusal = await one.store.grant_and_expect(other, one.pending, expected)
+        assert refusal is not None and refusal.why == "swap-refused"
+        assert (await two.pending.follow("10.0.0.1", "https://a.example/simple/")).chain == "c"
+        assert (await two.store.get("10.0.0.1", A)).value == "Basic xyz"
+        redis.kill()  # down: both are kept locally
+        assert await one.store.grant_and_expect(grant(client="10.0.0.2"), one.pending,
+                                                ("10.0.0.2", "https://a.example/x/", A, ChainPosition("d", 1))) is None
+        assert (await one.pending.follow("10.0.0.2", "https://a.example/x/")).chain == "d"
+        assert (await one.store.get("10.0.0.2", A)).value == "Basic xyz"
+        await one.close(), await two.close()
+    asyncio.run(go())
