@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
-from scripts.bench import callgrind
+from scripts.bench import callgrind, instructions_report
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    # scripts/bench.py sits beside the scripts/bench package: loaded by path
-    spec = importlib.util.spec_from_file_location("credhop_bench_script", REPO / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def test_a_console_script_runs_under_its_own_interpreter(tmp_path):
@@ -53,7 +42,7 @@ def test_the_findings_are_worked_out_from_the_counts():
     }
     rows = [_row(c, w, n) for w, by in counts.items() for c, n in by.items()]
     args = argparse.Namespace(schemes=["http"])
-    text = "\n".join(_bench()._instruction_findings(args, rows))
+    text = "\n".join(instructions_report._instruction_findings(args, rows))
     assert "costs 100 k instructions per plain request" in text  # the script alone
     assert "costs 480 k per download request, `mitmdump -s addons/credhop.py` 600 k" in text
     # one line per redirect and follow-up (two requests): 2 x 400 k; 4.0 % of the pair's 20 M
@@ -64,5 +53,21 @@ def test_the_findings_are_worked_out_from_the_counts():
 
 def test_findings_leave_out_what_the_run_did_not_measure():
     rows = [_row("bare", "download", 9e6), _row("shipped", "download", 9.6e6)]
-    lines = _bench()._instruction_findings(argparse.Namespace(schemes=["http"]), rows)
+    lines = instructions_report._instruction_findings(argparse.Namespace(schemes=["http"]), rows)
     assert lines == ["## What it shows", ""]
+
+
+def test_the_targets_table_says_met_or_not_for_each_scheme(tmp_path, monkeypatch):
+    before = tmp_path / "before.json"
+    before.write_text('{"rows": [{"config": "shipped", "workload": "download", "scheme": "http", '
+                      '"instructions_ratio": 1.065}]}')
+    monkeypatch.setattr(instructions_report, "BEFORE", before)
+    rows = [{"config": "shipped", "label": "credhop", "workload": "download", "scheme": s, "instructions_ratio": r}
+            for s, r in (("http", 1.019), ("https", 1.031))]
+    rows.append({"config": "redis", "label": "credhop + Redis", "workload": "plain", "scheme": "http",
+                 "instructions_ratio": 1.016, "requests": 200, "redis_commands": 0})
+    table = instructions_report._instruction_targets(argparse.Namespace(schemes=["http", "https"]), rows)
+    assert "| credhop | download | http | x1.020 | x1.065 | x1.019 | yes |" in table
+    assert "| credhop | download | https | x1.020 | — | x1.031 | **no** |" in table
+    assert "| credhop + Redis | plain | http | x1.020 | — | x1.016, 0.00 Redis commands/request | yes |" in table
+    assert not [line for line in table if "| redirect |" in line]  # no row: nothing measured, nothing claimed
