@@ -68,7 +68,7 @@ class CredentialStore(Protocol):
 
 class MemoryStore:
     """Grants by client, then origin, packed small: a million take about 200 bytes each when the
-    clients share their registries (450 when every grant has an origin of its own; `make bench`).
+    clients share their registries (about 270 when every grant has an origin of its own; `make bench`).
 
     `get` never answers with an expired grant; it is dropped within a second of its expiry (buckets of
     one second, due times in a heap), so the count goes down as time passes. When full, the client
@@ -85,12 +85,17 @@ class MemoryStore:
         self.max_entries = max_entries
         self.max_per_client = max(1, max_per_client or min(max_entries, 1_000))
         self.clock = clock
-        # least recently used first; plain dicts keep order and cost a third of an OrderedDict
-        self._clients: dict[str, dict[Origin, bytes]] = {}
-        self._origins: _Shared[Origin] = _Shared()  # many clients, few registries: each origin once
+        # least recently used first; plain dicts keep order and cost a third of an OrderedDict. Keyed
+        # by `_key(origin)`, one str, not by the Origin (an object and its host string, a third of a
+        # grant when every grant has an origin of its own); `get` answers with the origin it was asked for
+        self._clients: dict[str, dict[str, bytes]] = {}
+        # origin keys granted lately, so clients sharing a registry share one key string. A bounded
+        # cache, not a table of every origin held: that would cost a dict entry per grant in the worst
+        # case, where no origin is shared; a key that is not in it only costs its own string
+        self._keys: dict[str, str] = {}
         self._terms: _Shared[tuple[Origin, str, str, str | None, bool]] = _Shared()  # issuer, header, rule, user, override
-        # whole second -> the grants due then, as client, origin, client, origin … (some stale)
-        self._due: dict[int, list[str | Origin]] = {}
+        # whole second -> the grants due then, as client, origin key, client, origin key … (some stale)
+        self._due: dict[int, list[str]] = {}
         self._due_heap: list[int] = []
         self._count = 0
         # clients by how many grants they hold, so the fullest is found without looking at every client
@@ -100,12 +105,15 @@ class MemoryStore:
         self.expired = 0
         # the grants last read back, with the packed form they came from: a download reads the same
         # grant again and again, and a replaced grant is a new bytes object, so a stale entry never matches
-        self._read: dict[tuple[str, Origin], tuple[bytes, Grant]] = {}
+        self._read: dict[tuple[str, str], tuple[bytes, Grant]] = {}
 
     def refusal(self, grant: Grant) -> Refusal | None:
         """Why `grant` would be refused, without storing it (a shared store checks its local copy first)."""
+        return self._refusal(grant, _key(grant.origin))
+
+    def _refusal(self, grant: Grant, key: str) -> Refusal | None:
         self._expire()
-        packed = self._clients.get(grant.client, {}).get(grant.origin)
+        packed = self._clients.get(grant.client, {}).get(key)
         if packed is None:
             return None
         expires, terms = _HEAD.unpack_from(packed)[:2]
@@ -117,28 +125,34 @@ class MemoryStore:
         return Refusal(Why.SWAP_REFUSED, f"{grant.origin} already holds a live credential handed out by {issuer}")
 
     async def grant(self, grant: Grant) -> Refusal | None:
-        refusal = self.refusal(grant)
+        key = _key(grant.origin)
+        refusal = self._refusal(grant, key)
         if refusal:
             return refusal
         client = grant.client
         grants = self._clients.setdefault(client, {})
         terms = self._terms.add((grant.issuer, grant.header, grant.rule, grant.user, grant.override))
-        old = grants.pop(grant.origin, None)
+        shared = self._keys.get(key)
+        if shared is None:
+            if len(self._keys) >= MAX_KEYS:
+                self._keys.clear()
+            self._keys[key] = key
+        else:
+            key = shared
+        old = grants.pop(key, None)
         if old is None:
-            origin = self._origins.get(self._origins.add(grant.origin))
             self._count += 1
             self._resized(client, len(grants), len(grants) + 1)
         else:  # a fresh grant for a held origin takes the old one's place (its expiry entry goes stale)
-            origin = self._origins.get(self._origins.number(grant.origin))
             self._terms.release(_terms_of(old))
-            self._read.pop((client, origin), None)
-        grants[origin] = _pack(grant, terms)  # most recently used last
+            self._read.pop((client, key), None)
+        grants[key] = _pack(grant, terms)  # most recently used last
         due = math.ceil(grant.expires)
         bucket = self._due.get(due)
         if bucket is None:
             bucket = self._due[due] = []
             heapq.heappush(self._due_heap, due)
-        bucket += (client, origin)
+        bucket += (client, key)
         while len(grants) > self.max_per_client:
             self._drop(client, next(iter(grants)))
             self.evicted += 1
@@ -150,21 +164,24 @@ class MemoryStore:
 
     async def get(self, client: str, origin: Origin) -> Grant | None:
         grants = self._clients.get(client)
-        packed = grants.get(origin) if grants else None
+        if not grants:
+            return None
+        key = _key(origin)
+        packed = grants.get(key)
         if packed is None:
             return None
         if _expires(packed) <= self.clock():
             self._expire()
             return None
-        del grants[origin]  # type: ignore[union-attr]
-        grants[origin] = packed  # type: ignore[index]  # most recently used last
-        read = self._read.get((client, origin))
+        del grants[key]
+        grants[key] = packed  # most recently used last
+        read = self._read.get((client, key))
         if read is not None and read[0] is packed:
             return read[1]
-        grant = self._unpack(client, origin, packed)
+        grant = self._unpack(client, origin, packed)  # the origin asked for: equal to the one granted
         if len(self._read) >= MAX_READ:
             self._read.clear()
-        self._read[client, origin] = (packed, grant)
+        self._read[client, key] = (packed, grant)
         return grant
 
     def may_hold(self, client: str) -> bool:
@@ -176,18 +193,17 @@ class MemoryStore:
         now = self.clock()
         while self._due_heap and self._due_heap[0] <= now:
             bucket = self._due.pop(heapq.heappop(self._due_heap))
-            for client, origin in zip(bucket[::2], bucket[1::2]):
-                packed = self._clients.get(client, {}).get(origin)  # type: ignore[call-overload]
+            for client, key in zip(bucket[::2], bucket[1::2]):
+                packed = self._clients.get(client, {}).get(key)
                 # a grant replaced or evicted since leaves its entry here: only a grant that is due goes
                 if packed is not None and _expires(packed) <= now:
-                    self._drop(client, origin)  # type: ignore[arg-type]
+                    self._drop(client, key)
                     self.expired += 1
 
-    def _drop(self, client: str, origin: Origin) -> None:
+    def _drop(self, client: str, key: str) -> None:
         grants = self._clients[client]
-        packed = grants.pop(origin)
-        self._read.pop((client, origin), None)  # a grant that is gone is not kept, not even read back
-        self._origins.release(self._origins.number(origin))
+        packed = grants.pop(key)
+        self._read.pop((client, key), None)  # a grant that is gone is not kept, not even read back
         self._terms.release(_terms_of(packed))
         self._count -= 1
         self._resized(client, len(grants) + 1, len(grants))
@@ -218,7 +234,8 @@ class MemoryStore:
     def clear(self) -> None:
         self._clients.clear()
         self._read.clear()
-        self._origins, self._terms = _Shared(), _Shared()
+        self._keys.clear()
+        self._terms = _Shared()
         self._due.clear()
         self._due_heap.clear()
         self._count = 0
@@ -230,11 +247,18 @@ class MemoryStore:
         return self._count
 
 
+def _key(origin: Origin) -> str:
+    """One str per origin, distinct for distinct origins whatever their text: the scheme goes with its
+    length, and the port's digits (no colon in them) end at the colon before the host."""
+    return f"{len(origin.scheme)}:{origin.scheme}{origin.port}:{origin.host}"
+
+
 # A held grant in one bytes object (no per-object overhead for its parts): expiry, the number of
 # its shared terms, hop, the lengths of fingerprint and chain id, then value + fingerprint + chain
 # as UTF-8 (surrogatepass: mitmproxy hands undecodable header bytes over as lone surrogates).
 _HEAD = struct.Struct("<dIIHH")
 MAX_READ = 1_024  # grants kept as read back (see MemoryStore.get)
+MAX_KEYS = 16_384  # origin keys kept for sharing (see MemoryStore._keys)
 
 
 def _pack(grant: Grant, terms: int) -> bytes:

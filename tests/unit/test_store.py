@@ -98,9 +98,62 @@ def test_shared_parts_go_when_their_last_grant_goes():
     for i in range(200):  # each with its own issuer and origin, as a hostile redirector could make
         run(store.grant(grant(client=f"10.0.{i % 7}.1", origin=Origin("https", f"h{i}.example", 443),
                               issuer=Origin("https", f"i{i}.example", 443), expires=10)))
-    assert len(store) == 10 and len(store._origins) == 10 and len(store._terms) == 10
+    assert len(store) == 10 and len(store._terms) == 10
     clock.now = 11
-    assert len(store) == 0 and len(store._origins) == 0 and len(store._terms) == 0
+    assert len(store) == 0 and len(store._terms) == 0 and not store._clients and not store._read
+
+
+def test_origins_only_their_own_key_can_find():
+    # grants are keyed by one string per origin: origins a careless encoding would spell alike
+    # (separators inside the scheme or the host, IPv6 hosts, odd ports) must stay apart
+    store = MemoryStore(clock=Clock(0))
+    origins = [Origin("a://b", "c", 1), Origin("a", "b://c", 1), Origin("a:b", "c", 1), Origin("a", "b:c", 1),
+               Origin("https", "::1", 443), Origin("https", "[::1]", 443), Origin("https", "::1:443", 443),
+               Origin("https", "h", 0), Origin("https", "h", 65535), Origin("https", "5h", 44), Origin("https", "h", 445),
+               Origin("1https", "h", 443), Origin("http", "sh", 443), Origin("", "https443:h", 1)]
+    for i, origin in enumerate(origins):
+        run(store.grant(grant(origin=origin, fingerprint=f"hm:{i}")))
+    assert len(store) == len(origins)
+    for i, origin in enumerate(origins):
+        got = run(store.get("10.0.0.1", Origin(origin.scheme, origin.host, origin.port)))
+        assert got is not None and got.fingerprint == f"hm:{i}" and got.origin == origin
+    assert run(store.get("10.0.0.1", Origin("https", "h", 44))) is None
+
+
+def test_clients_granted_one_origin_share_its_key_and_keep_their_own_grants():
+    clock = Clock(0)
+    store = MemoryStore(clock=clock)
+    run(store.grant(grant(client="10.0.0.1", expires=10)))
+    run(store.grant(grant(client="10.0.0.2", expires=20, fingerprint="hm:2")))
+    run(store.grant(grant(client="10.0.0.2", expires=30, fingerprint="hm:3")))  # renewed
+    (one,), (two,) = store._clients["10.0.0.1"], store._clients["10.0.0.2"]
+    assert one is two  # one string for the registry, however many clients hold a grant for it
+    clock.now = 15
+    assert run(store.get("10.0.0.1", A)) is None
+    assert run(store.get("10.0.0.2", A)).fingerprint == "hm:3" and len(store) == 1
+
+
+def test_the_shared_keys_are_bounded_and_lookups_survive_their_clearing(monkeypatch):
+    import credhop.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_KEYS", 8)
+    store = MemoryStore(max_entries=10, clock=Clock(0))
+    for i in range(store_module.MAX_KEYS + 10):  # a flood of origins of their own
+        run(store.grant(grant(client=f"10.0.{i % 5}.1", origin=Origin("https", f"h{i}.example", 443))))
+    assert len(store._keys) <= store_module.MAX_KEYS and len(store) == 10
+    last = Origin("https", f"h{store_module.MAX_KEYS + 9}.example", 443)
+    assert run(store.get(f"10.0.{(store_module.MAX_KEYS + 9) % 5}.1", last)).origin == last
+
+
+def test_a_client_loses_its_least_recently_used_grant_first():
+    store = MemoryStore(max_per_client=3, clock=Clock(0))
+    b, c, d = (Origin("https", f"{n}.example", 443) for n in "bcd")
+    for origin in (A, b, c):
+        run(store.grant(grant(origin=origin)))
+    assert run(store.get("10.0.0.1", A)) is not None  # A is used again: b is now the oldest
+    run(store.grant(grant(origin=d)))
+    assert run(store.get("10.0.0.1", b)) is None and store.evicted == 1
+    assert all(run(store.get("10.0.0.1", o)) is not None for o in (A, c, d))
 
 
 def test_the_fullest_client_is_known_without_a_scan_and_always_right():
