@@ -375,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.instructions and not callgrind.available():
         p.error("--instructions needs valgrind and callgrind_control (make system-deps installs them)")
-    args.command = ("make bench-instructions" if args.instructions else "make bench") \
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--instructions"]
+    target = "make bench-instructions" if args.instructions else "make bench"
+    args.command = (target + (f" BENCH_ARGS={shlex.quote(shlex.join(given))}" if given else "")) \
         if os.environ.get("CREDHOP_BENCH_MAKE") else \
         "python scripts/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.smoke:
