@@ -114,7 +114,7 @@ clients: deps clients-deps
 bench-deps: deps
 	$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/python -m pip install -q matplotlib $(PIP_QUIET)
 
-bench: bench-deps
+bench: bench-deps $(UV_OLD)
 	CREDHOP_BENCH_MAKE=1 $(VENV)/bin/python scripts/bench.py $(BENCH_ARGS)
 
 # valgrind (callgrind) counts the instructions: system-deps installs it

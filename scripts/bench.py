@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "addons")]
 
-from scripts.bench import callgrind, load, micro, rulegen  # noqa: E402
+from scripts.bench import callgrind, install, load, micro, rulegen  # noqa: E402
 from scripts.bench.cpu_report import draw_chart, fmt, write_report  # noqa: E402
 from scripts.bench.instructions_report import IDLE_SECONDS, write_instruction_report  # noqa: E402
 from tests.e2e.harness import clean_env, free_port  # noqa: E402
@@ -264,12 +264,18 @@ def e2e(args: argparse.Namespace, workdir: Path, log) -> tuple[list[Config], dic
             log(f"round {r + 1}/{args.rounds} done")
         if args.instructions:
             idle_work(cfgs, cells, log)
+        installs: dict = {}
+        if args.install_rounds and not args.instructions:
+            chosen = [c for c in cfgs if c.name in ("bare", *args.install_configs)]
+            installs = install.run(chosen, args.schemes, args.install_rounds, args.uv, sys.executable,
+                                   Path(ca), workdir, pki, token, args.install_packages, log)
+            installs = {"rows": install.rows(installs, chosen, args.schemes), "packages": args.install_packages}
         for c in cfgs:
             if c.proc and c.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump ({c.name}) died during the run")
         if redis and redis.proc and redis.proc.poll() is not None:
             raise RuntimeError("redis-server died during the run")
-        return cfgs, cells, ports
+        return cfgs, cells, installs
     finally:
         for c in cfgs:
             stop(c.proc)
@@ -367,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instructions", action="store_true",
                    help="count instructions under callgrind instead (make bench-instructions)")
     p.add_argument("--configs", nargs="*", help="only these configurations (bare is always run)")
+    p.add_argument("--install-rounds", type=int, default=5, help="rounds of the uv install workload (0: none)")
+    p.add_argument("--install-packages", type=int, default=30, help="packages a uv install fetches")
+    p.add_argument("--install-configs", nargs="*", default=["floor", "shipped", "hoplog", "redis"],
+                   help="configurations the uv install workload runs through, besides bare")
+    p.add_argument("--uv", default=os.environ.get("CREDHOP_UV_OLD") or str(REPO / ".tools" / "uv-0.5.25" / "bin" / "uv"),
+                   help="the uv of the install workload (0.5.25 drops a redirect's userinfo)")
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--instructions", action="store_true")
     if pre.parse_known_args(argv)[0].instructions:  # a slower process: fewer requests, one round, no micro
@@ -382,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "python scripts/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.smoke:
         args.requests, args.rounds, args.threads = 42, 1, 1
+        args.install_rounds, args.install_packages = 1, 4
         args.rule_sets, args.match_counts = [100], [10, 100]
         args.credentials, args.pending, args.micro_budget = 2000, 500, 0.01
         args.compare = None
@@ -395,11 +408,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict] = []
     micro_out: dict = {}
+    installs: dict = {}
     with tempfile.TemporaryDirectory(prefix="credhop-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         if not args.no_e2e:
-            cfgs, cells, _ = e2e(args, workdir, log)
+            cfgs, cells, installs = e2e(args, workdir, log)
             rows = ratio_rows(cfgs, cells, args)
             log("end-to-end done")
     if args.instructions:
@@ -425,10 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     has_chart = draw_chart(rows, micro_out.get("rules", []), chart, required=not args.smoke)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = write_report(args, rows, micro_out, started, time.time() - started,
+    report = write_report(args, rows, micro_out, installs, started, time.time() - started,
                           os.path.relpath(chart, args.out.parent) if has_chart else None)
     args.out.write_text(report)
-    (args.out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "micro": micro_out}, indent=1))
+    (args.out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "installs": installs, "micro": micro_out}, indent=1))
     log(f"wrote {args.out}")
     return 0
 

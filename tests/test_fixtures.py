@@ -6,6 +6,7 @@ import base64
 import hashlib
 import http.client
 import os
+import re
 import socket
 import ssl
 import stat
@@ -423,3 +424,31 @@ def test_index_refuses_other_methods_before_the_credential_check(index: AuthInde
     status, resp, body = request(index.simple_url, "POST", ca=pki.ca_cert)
     assert (status, body, resp.getheader("Allow")) == (405, b"method not allowed\n", "GET, HEAD")
     assert index.requests[0].status == 405
+
+
+def test_catalog_dependencies_reach_every_package_and_pep658_metadata_matches(tmp_path: Path) -> None:
+    """The install benchmark's catalog: package 0's Requires-Dist closure is the whole catalog, and
+    each wheel's served metadata is the METADATA inside it, with the hash the page announces."""
+    from tests.fixtures.catalog import CatalogApp, build_catalog, package_name
+
+    packages = build_catalog(tmp_path, count=9, fanout=2)
+    app = CatalogApp(packages)
+    requires: dict[str, list[str]] = {}
+    for p in packages:
+        with zipfile.ZipFile(p.wheel) as z:
+            metadata = z.read(f"{p.name.replace('-', '_')}-1.0.0.dist-info/METADATA")
+            assert z.testzip() is None
+        requires[p.name] = re.findall(r"^Requires-Dist: (\S+)$", metadata.decode(), re.M)
+        page = app(Request("GET", f"/simple/{p.name}/", {}, b"")).body.decode()
+        href, announced = re.search(r'href="\.\./\.\./files/([^"#]+)#sha256=[0-9a-f]+" data-core-metadata="sha256=([0-9a-f]+)"', page).groups()
+        served = app(Request("GET", f"/files/{href}.metadata", {}, b"")).body
+        assert served == metadata and hashlib.sha256(served).hexdigest() == announced
+        assert app(Request("GET", f"/files/{href}", {}, b"")).body == p.wheel.read_bytes()
+    seen, todo = set(), [package_name(0)]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += requires[name]
+    assert seen == {p.name for p in packages} and len({p.size for p in packages}) > 3
+    assert app(Request("GET", "/simple/no-such-package/", {}, b"")).status == 404

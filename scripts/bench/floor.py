@@ -3,7 +3,7 @@
 It cuts the userinfo out of a 3xx's Location, holds it for that client and origin, and adds it as a
 Basic Authorization header to the client's later requests to that origin; with `floor_log`, it also
 writes one info line per credential redirect, as credhop's event log does. No rules, no expiry, no
-leak or swap checks, no records, no percent-decoding: what it costs is what mitmproxy charges any
+leak or swap checks, no records: what it costs is what mitmproxy charges any
 addon for this work, the floor under credhop's figures.
 
     mitmdump -s scripts/bench/floor.py [--set floor_log=true]
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from mitmproxy import ctx, http
 
@@ -45,7 +45,7 @@ class Floor:
             return
         url = urlsplit(location)
         port = url.port or (443 if url.scheme == "https" else 80)
-        pair = f"{url.username}:{url.password}".encode()
+        pair = f"{unquote(url.username or '')}:{unquote(url.password or '')}".encode()  # as clients decode it
         self.held[(flow.client_conn.peername[0], url.scheme, url.hostname or "", port)] = \
             "Basic " + base64.b64encode(pair).decode()
         response.headers["location"] = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()

@@ -37,6 +37,15 @@ def test_bench_smoke_run_writes_its_tables(tmp_path, token):
         # credhop (and the floor, the reference addon) injected into follow-ups and downloads; bare never does
         if row["workload"] in ("redirect", "download"):
             assert (row["authed"] > 0) == (row["config"] != "bare"), row
+    # the uv install workload: a real install per configuration and scheme; every configuration but bare
+    # went through the credential redirect, and no follow-up reached the index without the credential
+    installs = data["installs"]["rows"]
+    assert {(r["config"], r["scheme"]) for r in installs} == {
+        (c, s) for c in ("bare", "floor", "shipped", "hoplog", "redis") for s in ("http", "https")}
+    for row in installs:
+        assert row["installs"] == 1 and row["refused"] == 0 and row["cpu_ms"] > 0, row
+        assert row["requests_per_install"] == 4 * data["installs"]["packages"], row  # redirect, page, metadata, wheel
+    assert "A real install" in text
     # the backend's userinfo secret is in no output (the hop log, mitmdump's output, the report)
     assert_no_leak(all_text_under(tmp_path) + proc.stdout + proc.stderr, secret_forms(token, user="aws"), "bench output")
 
