@@ -12,7 +12,6 @@ import secrets
 import shlex
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "addons")]
 
 from scripts.bench import callgrind, install, load, micro, rulegen  # noqa: E402
-from scripts.bench.cpu_report import draw_chart, fmt, write_report  # noqa: E402
+from scripts.bench.cpu_report import draw_chart, write_report  # noqa: E402
 from scripts.bench.instructions_report import IDLE_SECONDS, write_instruction_report  # noqa: E402
 from tests.e2e.harness import clean_env, free_port  # noqa: E402
 from tests.fixtures.fleet import RedisServer  # noqa: E402

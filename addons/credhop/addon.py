@@ -13,6 +13,7 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 from mitmproxy import command, ctx, exceptions, http
@@ -197,49 +198,26 @@ class CredHop:
     # Guards as in mitmproxy's own addons: flows loaded from a file (not live), replayed requests,
     # and requests another addon already answered or killed get nothing and use nothing up.
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or flow.is_replay == "request":
-            return
-        client = self.hops.needs_follow_up(flow)
-        if client is None:
-            return
-        try:
-            await self.hops.follow_up(flow, client)
-        except Exception as e:
-            self.hops.internal_error(flow, "requestheaders", e)
+    # Each hook returns None when it is done, or a coroutine for mitmproxy to await: with stores in
+    # this process, a request costs no coroutine (mitmproxy awaits whatever a hook returns).
 
-    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if flow.response or flow.error or not flow.live or flow.is_replay == "request":
+            return None
+        return self.hops.requestheaders(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         response = flow.response
         if response is None or response.status_code not in REDIRECTS or flow.error or not flow.live \
-                or flow.is_replay == "request" or self.hops.is_bare_redirect(flow):
-            return
-        try:
-            await self.hops.redirect(flow, streamed=True)
-        except Exception as e:
-            self.hops.internal_error(flow, "responseheaders", e)
+                or flow.is_replay == "request":
+            return None
+        return self.hops.responseheaders(flow)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        hops = self.hops
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not flow.live or flow.response is None:
-            hops.flows.pop(flow.id, None)
-            return
-        state = hops.flows.get(flow.id)
-        if flow.response.status_code in REDIRECTS and flow.is_replay != "request" \
-                and not (state and state.redirect_seen):
-            if hops.is_bare_redirect(flow):
-                hops.count_bare()
-            else:  # a 3xx another addon made (server replay, map_local) never passes responseheaders
-                try:
-                    await hops.redirect(flow, streamed=False)
-                except Exception as e:
-                    hops.internal_error(flow, "response", e)
-        state = hops.flows.pop(flow.id, None)
-        if state is None:
-            return
-        try:
-            await hops.close(flow, state)
-        except Exception as e:  # only bookkeeping failed: the answer itself is fine to deliver
-            hops.internal_error(flow, "response", e, stop=False)
+            self.hops.flows.pop(flow.id, None)
+            return None
+        return self.hops.response(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.hops.error(flow)

@@ -15,6 +15,7 @@ from typing import Any
 
 from .records import DownloadsRecord
 from .store import Grant
+from .urls import Origin
 
 QUIET = 5.0  # seconds without a download before its tally is written
 LONGEST = 60.0  # a tally is written at least this often while downloads go on
@@ -34,13 +35,13 @@ class _Tally:
 
 class DownloadTally:
     def __init__(self) -> None:
-        self._tallies: dict[tuple[str, str, int, str, str], _Tally] = {}
+        self._tallies: dict[tuple[str, str, int, Origin, str], _Tally] = {}
 
     def add(self, grant: Grant, client: str, method: str, now: float, status: int, size: int,
             base: Any) -> list[DownloadsRecord]:
         """Count one download; `base()` makes the record fields, called once per tally. Returns the
         tallies that must be written now (only when too many are open)."""
-        key = (client, grant.chain, grant.hop, str(grant.origin), method)
+        key = (client, grant.chain, grant.hop, grant.origin, method)
         tally = self._tallies.get(key)
         if tally is None or tally.grant is not grant and tally.grant.fingerprint != grant.fingerprint:
             due = [self._record(self._tallies.pop(key))] if tally is not None else []

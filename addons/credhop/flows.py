@@ -7,6 +7,7 @@ added, the Location stripped, the 3xx body scrubbed or replaced by a block page.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from mitmproxy import http
@@ -86,9 +87,14 @@ def is_upstream(flow: http.HTTPFlow) -> bool:
 
 def mark(flow: http.HTTPFlow, comment: str) -> None:
     """The :key: marker and a comment in mitmweb and the console."""
-    comment = printable(comment, one_line=True)  # user names and hosts come from the network
+    comment = _one_line(comment)  # user names and hosts come from the network
     flow.marked = MARKER
     flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
+
+
+@lru_cache(maxsize=512)  # a download repeats its grant's comment on every request
+def _one_line(comment: str) -> str:
+    return printable(comment, one_line=True)
 
 
 def header_names(request: http.Request) -> frozenset[str]:
@@ -97,10 +103,22 @@ def header_names(request: http.Request) -> frozenset[str]:
     return frozenset([name.lower().decode("latin-1") for name, _ in request.headers.fields])
 
 
-def add_header(request: http.Request, grant: Grant) -> None:
+def has_header(request: http.Request, name: str) -> bool:
+    """`name.lower() in header_names(request)`, without building the set."""
+    wanted = name.lower().encode("latin-1")
+    return any(field.lower() == wanted for field, _ in request.headers.fields)
+
+
+def add_header(request: http.Request, grant: Grant, absent: bool = False) -> None:
+    """Set the grant's header. `absent`: the caller knows the request has none, so the field is
+    appended as `Headers.__setitem__` would after finding nothing to replace."""
     # HTTP/2 and 3 want lower-case names (mitmproxy would lower-case and warn on every request)
     name = grant.header if request.http_version.startswith("HTTP/1") else grant.header.lower()
-    request.headers[name] = grant.value
+    if absent:
+        field = (name.encode("utf-8", "surrogateescape"), grant.value.encode("utf-8", "surrogateescape"))
+        request.headers.fields = (*request.headers.fields, field)
+    else:
+        request.headers[name] = grant.value
 
 
 def apply_redirect(flow: http.HTTPFlow, decision: RedirectDecision, streamed: bool,

@@ -33,6 +33,7 @@ from .flows import (
     carries_secret,
     client_of,
     finish_body,
+    has_header,
     header_names,
     is_transparent,
     is_upstream,
@@ -73,6 +74,7 @@ class FlowState:
     body: Scrubber | Replacer | None = None  # rewrites the 3xx body (see bodies.py)
     redirect_seen: bool = False  # the 3xx went through responseheaders
     download: Grant | None = None  # injected as a download, its records not yet written (downloads.py)
+    client: str | None = None  # who it was injected for (set with `download`)
 
 
 class Hops:
@@ -82,8 +84,9 @@ class Hops:
     def __init__(self, clock: Any = time.time) -> None:
         self.clock = clock
         self.rules = RuleSet(())
-        self.store: CredentialStore = MemoryStore(clock=clock)
-        self.pending: PendingFollowUps = MemoryPending(clock=clock)
+        self._store: CredentialStore = MemoryStore(clock=clock)
+        self._pending: PendingFollowUps = MemoryPending(clock=clock)
+        self.local = True  # both are the in-process kind: the hot path calls them without a coroutine
         self.counters = Counters()
         self.redactor = Redactor()
         self.sinks = Sinks(self.counters)
@@ -102,6 +105,80 @@ class Hops:
         # how each held credential reads once injected, so a download does not fingerprint it again
         self.injected: dict[tuple[str, str], Injected] = {}
         self.downloads = DownloadTally()
+
+    @property
+    def store(self) -> CredentialStore:
+        return self._store
+
+    @store.setter
+    def store(self, store: CredentialStore) -> None:
+        self._store = store
+        self.local = type(store) is MemoryStore and type(self._pending) is MemoryPending
+
+    @property
+    def pending(self) -> PendingFollowUps:
+        return self._pending
+
+    @pending.setter
+    def pending(self, pending: PendingFollowUps) -> None:
+        self._pending = pending
+        self.local = type(self._store) is MemoryStore and type(pending) is MemoryPending
+
+    # -- the hooks' entries: None when done (no coroutine), else a coroutine for mitmproxy to await --
+    # An exception is caught here and fails closed (`internal_error`): mitmproxy would log it and let
+    # the flow go on.
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        client = self.needs_follow_up(flow)
+        if client is None:
+            return None
+        if self.local and not is_transparent(flow):  # nothing to wait for: no coroutine
+            try:
+                self.follow_up_now(flow, client)
+            except Exception as e:
+                self.internal_error(flow, "requestheaders", e)
+            return None
+        return self._guarded(self.follow_up(flow, client), flow, "requestheaders")
+
+    def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if self.is_bare_redirect(flow):
+            return None
+        return self._guarded(self.redirect(flow, streamed=True), flow, "responseheaders")
+
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """The whole answer: a 3xx that never passed responseheaders, then the flow's close."""
+        response = flow.response
+        state = self.flows.get(flow.id)
+        if response is not None and response.status_code in REDIRECTS and flow.is_replay != "request" \
+                and not (state and state.redirect_seen):
+            if self.is_bare_redirect(flow):
+                self.count_bare()
+            else:  # a 3xx another addon made (server replay, map_local) never passes responseheaders
+                return self._redirect_then_close(flow)
+        return None if state is None else self._close_guarded(flow)
+
+    async def _redirect_then_close(self, flow: http.HTTPFlow) -> None:
+        await self._guarded(self.redirect(flow, streamed=False), flow, "response")
+        after = self._close_guarded(flow)
+        if after is not None:
+            await after
+
+    def _close_guarded(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        state = self.flows.pop(flow.id, None)
+        if state is None:
+            return None
+        try:
+            after = self.close(flow, state)
+        except Exception as e:  # only bookkeeping failed: the answer itself is fine to deliver
+            self.internal_error(flow, "response", e, stop=False)
+            return None
+        return self._guarded(after, flow, "response", stop=False) if after is not None else None
+
+    async def _guarded(self, call: Awaitable[None], flow: http.HTTPFlow, hook: str, stop: bool = True) -> None:
+        try:
+            await call
+        except Exception as e:
+            self.internal_error(flow, hook, e, stop=stop)
 
     # -- the cheap tests -----------------------------------------------------------------
 
@@ -134,7 +211,7 @@ class Hops:
     # -- applying decisions ------------------------------------------------------------
 
     async def follow_up(self, flow: http.HTTPFlow, client: str) -> None:
-        request = flow.request
+        """What a request may need, asked of any store, each call with its deadline (`ask`)."""
         origin = await self.destination(flow)
         position = watch = None
         if self.pending.awaits(client):
@@ -142,11 +219,31 @@ class Hops:
             if position is None:
                 watch = await self.ask(self.pending.watching(client, origin), None, "watching")
         held = await self.ask(self.store.get(client, origin), None, "get") if self.store.may_hold(client) else None
+        self.apply_follow_up(flow, client, origin, position, watch, held)
+
+    def follow_up_now(self, flow: http.HTTPFlow, client: str) -> None:
+        """`follow_up` for stores in this process and a destination that needs no lookup (not
+        transparent: mitmproxy's own host and port): the same answers, no coroutine."""
+        request = flow.request
+        origin = request_origin(request.scheme, request.host, request.port)
+        pending = self._pending
+        position = watch = None
+        if pending.awaits(client):
+            position = pending.follow_now(client, normalize_url(url_of(flow)))  # type: ignore[attr-defined]
+            if position is None:
+                watch = pending.watching_now(client, origin)  # type: ignore[attr-defined]
+        store = self._store
+        held = store.get_now(client, origin) if store.may_hold(client) else None  # type: ignore[attr-defined]
+        self.apply_follow_up(flow, client, origin, position, watch, held)
+
+    def apply_follow_up(self, flow: http.HTTPFlow, client: str, origin: Origin, position: ChainPosition | None,
+                        watch: ChainPosition | None, held: Grant | None) -> None:
+        request = flow.request
         if position is None and watch is None:
             if held is None:
                 return
-            if held.override or held.header.lower() not in header_names(request):
-                self.download(flow, held)  # what decide_follow_up would say, without its records
+            if held.override or not has_header(request, held.header):
+                self.download(flow, client, held)  # what decide_follow_up would say, without its records
                 return
         state = self.state(flow)
         if position:
@@ -184,14 +281,14 @@ class Hops:
         self.emit(InjectRecord(**self.base(flow, position), **fields, action=Action.INJECT))
         mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
 
-    def download(self, flow: http.HTTPFlow, grant: Grant) -> None:
+    def download(self, flow: http.HTTPFlow, client: str, grant: Grant) -> None:
         """A later request to an origin the client holds a credential for: inject; its records wait
         for the answer (`close`), and a good answer is only counted (`self.downloads`)."""
         state = self.state(flow)
         state.reuse = True
         self.place(flow, ChainPosition(grant.chain, grant.hop))
-        self.inject(flow, state, grant)
-        state.download = grant
+        self.inject(flow, state, grant, absent=not grant.override)  # else has_header said it is absent
+        state.download, state.client = grant, client
         mark(flow, f"credhop: {grant.header} injected (rule {grant.rule}, {grant.fingerprint})")
 
     def _record_download(self, flow: http.HTTPFlow, state: FlowState) -> None:
@@ -246,39 +343,48 @@ class Hops:
         if expected is not None:
             await self.ask(self.pending.expect(*expected), None, "expect")
 
-    async def close(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """The final answer to a follow-up, so a report can tell what the client got."""
+    def close(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
+        """The final answer to a follow-up, so a report can tell what the client got; a coroutine
+        only when a shared store must be told to expect a retry."""
         response = flow.response
         assert response is not None
         if state.body is not None and finish_body(response, state.body):
             self.counters.add("body_scrubbed")
         position = state.position
         if not position or position.hop == 0 or response.status_code in REDIRECTS:
-            return
+            return None
         status = response.status_code
         if state.download is not None:
             if status < 400:
-                self._count_download(flow, state.download, position, status)
-                return
+                self._count_download(flow, state, position, status)
+                return None
             self._record_download(flow, state)
         self.emit(ResponseRecord(**self.base(flow, position, reuse=state.reuse), status=response.status_code,
                                  sent=[s.as_record() for s in self.sent(flow, state)] or None))
-        if response.status_code == 401 and not state.reuse and not position.retry:
-            # clients such as pip ask again, with credentials: that request continues this hop
-            await self.ask(self.pending.expect(client_of(flow, self.client_id), normalize_url(url_of(flow)),
-                                               origin_of(flow), replace(position, retry=True)), None, "expect")
+        if response.status_code != 401 or state.reuse or position.retry:
+            return None
+        # clients such as pip ask again, with credentials: that request continues this hop
+        retry = (client_of(flow, self.client_id), normalize_url(url_of(flow)), origin_of(flow),
+                 replace(position, retry=True))
+        if self.local:
+            self._pending.expect_now(*retry)  # type: ignore[attr-defined]
+            return None
+        return self.ask(self.pending.expect(*retry), None, "expect")
 
-    def _count_download(self, flow: http.HTTPFlow, grant: Grant, position: ChainPosition, status: int) -> None:
-        response = flow.response
-        assert response is not None
+    def _count_download(self, flow: http.HTTPFlow, state: FlowState, position: ChainPosition, status: int) -> None:
+        response, grant = flow.response, state.download
+        assert response is not None and grant is not None and state.client is not None
         raw = response.raw_content
-        length = response.headers.get("content-length", "")
-        size = len(raw) if raw is not None else int(length) if length.isdigit() else 0
+        if raw is not None:
+            size = len(raw)
+        else:  # streamed: what the server said it sent
+            length = response.headers.get("content-length", "")
+            size = int(length) if length.isdigit() else 0
         self.counters.add("injected")
         if self.metrics:
             self.metrics.injected(grant.rule)
-        for record in self.downloads.add(grant, client_of(flow, self.client_id), flow.request.method, self.clock(),
-                                         status, size, lambda: self.base(flow, position, reuse=True)):
+        for record in self.downloads.add(grant, state.client, flow.request.method, self.clock(), status, size,
+                                         lambda: self.base(flow, position, reuse=True)):
             self.emit(record)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -302,9 +408,9 @@ class Hops:
             remember_destination(flow, verdict.origin.host, verdict.how)
         return verdict.origin
 
-    def inject(self, flow: http.HTTPFlow, state: FlowState, grant: Grant) -> None:
+    def inject(self, flow: http.HTTPFlow, state: FlowState, grant: Grant, absent: bool = False) -> None:
         assert self.fingerprint is not None
-        add_header(flow.request, grant)
+        add_header(flow.request, grant, absent)
         key = (grant.header, grant.value)
         injected = self.injected.get(key)
         if injected is None:

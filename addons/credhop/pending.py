@@ -70,7 +70,19 @@ class MemoryPending:
     def awaits(self, client: str) -> bool:
         return client in self._per_client or client in self._watched  # (a count that reaches 0 is deleted)
 
+    # the `*_now` methods answer without a coroutine: the hot path calls them for pending follow-ups
+    # held in this process; the async ones are the `PendingFollowUps` interface
+
     async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
+        self.expect_now(client, url, origin, position)
+
+    async def follow(self, client: str, url: str) -> ChainPosition | None:
+        return self.follow_now(client, url)
+
+    async def watching(self, client: str, origin: Origin) -> ChainPosition | None:
+        return self.watching_now(client, origin)
+
+    def expect_now(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
         now = self.clock()
         self._purge(now)
         if position.sent and position.came_from != origin:  # else the client has nothing to leak there
@@ -84,7 +96,7 @@ class MemoryPending:
         while self._count > self.max_pending:
             self._take(*next(iter(self._pending.items())))
 
-    async def follow(self, client: str, url: str) -> ChainPosition | None:
+    def follow_now(self, client: str, url: str) -> ChainPosition | None:
         now = self.clock()
         self._purge(now)
         key = (client, url)
@@ -94,7 +106,7 @@ class MemoryPending:
                 return position
         return None
 
-    async def watching(self, client: str, origin: Origin) -> ChainPosition | None:
+    def watching_now(self, client: str, origin: Origin) -> ChainPosition | None:
         self._purge(self.clock())
         entry = self._watches.get((client, origin))
         return entry[0] if entry else None

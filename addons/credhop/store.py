@@ -163,6 +163,10 @@ class MemoryStore:
         return None
 
     async def get(self, client: str, origin: Origin) -> Grant | None:
+        return self.get_now(client, origin)
+
+    def get_now(self, client: str, origin: Origin) -> Grant | None:
+        """`get` without a coroutine: the hot path calls this for a store in this process."""
         grants = self._clients.get(client)
         if not grants:
             return None

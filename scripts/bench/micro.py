@@ -1,5 +1,5 @@
-"""Micro-benchmarks in this process: rule matching, the addon's hooks (taddons/tflow, the async hooks
-awaited), the stores. Memory of held credentials and pending follow-ups runs in a fresh process
+"""Micro-benchmarks in this process: rule matching, the addon's hooks (taddons/tflow, called as mitmproxy
+calls them: awaited when they answer with an awaitable), the stores. Memory of held credentials and pending follow-ups runs in a fresh process
 (`python -m scripts.bench.micro memory ...`) so its RSS is its own."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import inspect
 import ipaddress
 import json
 import os
@@ -136,12 +137,12 @@ def _hook_rows(addon: Any, tflow: Any, budget: float, label: str) -> list[dict]:
         return flow("https://files.example/simple/pkg/", "10.9.9.9")
 
     async def plain_request(f: Any) -> None:
-        await addon.requestheaders(f)
+        await _invoke(addon.requestheaders, f)
 
     async def plain_response(f: Any) -> None:
         f.response = RESPONSE
-        await addon.responseheaders(f)
-        await addon.response(f)
+        await _invoke(addon.responseheaders, f)
+        await _invoke(addon.response, f)
 
     def redirect_pair() -> tuple[Any, Any]:
         i = next(counter)
@@ -152,22 +153,23 @@ def _hook_rows(addon: Any, tflow: Any, budget: float, label: str) -> list[dict]:
 
     async def redirect(pair: tuple[Any, Any]) -> None:
         r, _ = pair
-        await addon.requestheaders(r)
-        await addon.responseheaders(r)
-        await addon.response(r)
+        await _invoke(addon.requestheaders, r)
+        await _invoke(addon.responseheaders, r)
+        await _invoke(addon.response, r)
 
     async def follow_up(pair: tuple[Any, Any]) -> None:
         _, f = pair
-        await addon.requestheaders(f)
+        await _invoke(addon.requestheaders, f)
         f.response = RESPONSE
-        await addon.responseheaders(f)
-        await addon.response(f)
+        await _invoke(addon.responseheaders, f)
+        await _invoke(addon.response, f)
 
     def download() -> Any:
         return flow(f"https://registry.example/pypi/files/{next(counter)}.whl", "10.0.0.5")
 
     RESPONSE = tflow.tresp()
     rows = []
+    pairs: list[Any] = []
     for name, make, hook in [
         ("plain request, nothing held for the client: requestheaders+responseheaders+response", plain,
          lambda f: _both(plain_request, plain_response, f)),
@@ -192,6 +194,13 @@ def _hook_rows(addon: Any, tflow: Any, budget: float, label: str) -> list[dict]:
                  "us": (time.perf_counter() - start) / len(made) * 1e6})
     loop.close()
     return rows
+
+
+async def _invoke(hook: Any, f: Any) -> None:
+    """As mitmproxy's `invoke_addon`: a hook's answer is awaited only when it is awaitable."""
+    result = hook(f)
+    if result is not None and inspect.isawaitable(result):
+        await result
 
 
 async def _nothing(_: Any) -> None:

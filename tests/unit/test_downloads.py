@@ -8,7 +8,7 @@ from mitmproxy.test import tflow
 from credhop import downloads
 from credhop.diagnosis import diagnose, parse_records
 from credhop.report import render_text
-from tests.unit.addon_helpers import ENCODED, TOKEN, basic, run_redirect, send
+from tests.unit.addon_helpers import ENCODED, TOKEN, basic, follow, run_redirect, send
 
 LOCATION = f"https://aws:{ENCODED}@registry.example/simple/pkg/"
 
@@ -102,3 +102,29 @@ def test_the_report_command_counts_downloads_not_yet_written(hop):
     for i in range(3):
         _download(hop, f"/files/{i}.whl")
     assert "3 × GET https://registry.example (downloads, 300 bytes)" in hop.addon.report()
+
+
+def test_with_stores_in_this_process_a_download_costs_no_coroutine(hop):
+    """mitmproxy awaits what a hook returns: for a plain request and a download with in-process
+    stores, credhop's hooks return None (nothing to schedule), and still inject once."""
+    addon = hop.addon
+    _follow_up(hop)
+    plain = follow("https://elsewhere.example/x", client=("10.9.9.9", 4000))
+    assert addon.requestheaders(plain) is None and "authorization" not in plain.request.headers
+    f = follow("https://registry.example/files/a.whl")
+    assert addon.requestheaders(f) is None
+    assert f.request.headers.get_all("authorization") == [basic("aws", TOKEN)]
+    f.response = tflow.tresp(status_code=200, content=b"w")
+    assert addon.responseheaders(f) is None and addon.response(f) is None
+    own = follow("https://registry.example/files/b.whl", headers=[("AUTHORIZATION", "Bearer mine")])
+    assert addon.requestheaders(own) is None
+    assert own.request.headers.get_all("authorization") == ["Bearer mine"]  # the client's own wins, once
+
+
+def test_an_injected_header_on_http2_is_lower_case_and_appended_once(hop):
+    _follow_up(hop)
+    f = follow("https://registry.example/files/c.whl")
+    f.request.http_version = "HTTP/2.0"
+    hop.requestheaders(f)
+    assert [k for k, _ in f.request.headers.fields].count(b"authorization") == 1
+    assert b"Authorization" not in [k for k, _ in f.request.headers.fields]
