@@ -84,9 +84,8 @@ class Hops:
     def __init__(self, clock: Any = time.time) -> None:
         self.clock = clock
         self.rules = RuleSet(())
-        self._store: CredentialStore = MemoryStore(clock=clock)
-        self._pending: PendingFollowUps = MemoryPending(clock=clock)
-        self.local = True  # both are the in-process kind: the hot path calls them without a coroutine
+        self.store: CredentialStore = MemoryStore(clock=clock)
+        self.pending: PendingFollowUps = MemoryPending(clock=clock)
         self.counters = Counters()
         self.redactor = Redactor()
         self.sinks = Sinks(self.counters)
@@ -107,22 +106,10 @@ class Hops:
         self.downloads = DownloadTally()
 
     @property
-    def store(self) -> CredentialStore:
-        return self._store
-
-    @store.setter
-    def store(self, store: CredentialStore) -> None:
-        self._store = store
-        self.local = type(store) is MemoryStore and type(self._pending) is MemoryPending
-
-    @property
-    def pending(self) -> PendingFollowUps:
-        return self._pending
-
-    @pending.setter
-    def pending(self, pending: PendingFollowUps) -> None:
-        self._pending = pending
-        self.local = type(self._store) is MemoryStore and type(pending) is MemoryPending
+    def local(self) -> bool:
+        """Both stores declare `in_process` (one that does not say is remote): the hot path calls
+        their `*_now` halves, no coroutine, and `ask` puts no deadline on them."""
+        return getattr(self.store, "in_process", False) and getattr(self.pending, "in_process", False)
 
     # -- the hooks' entries: None when done (no coroutine), else a coroutine for mitmproxy to await --
     # An exception is caught here and fails closed (`internal_error`): mitmproxy would log it and let
@@ -226,13 +213,13 @@ class Hops:
         transparent: mitmproxy's own host and port): the same answers, no coroutine."""
         request = flow.request
         origin = request_origin(request.scheme, request.host, request.port)
-        pending = self._pending
+        pending = self.pending
         position = watch = None
         if pending.awaits(client):
             position = pending.follow_now(client, normalize_url(url_of(flow)))  # type: ignore[attr-defined]
             if position is None:
                 watch = pending.watching_now(client, origin)  # type: ignore[attr-defined]
-        store = self._store
+        store = self.store
         held = store.get_now(client, origin) if store.may_hold(client) else None  # type: ignore[attr-defined]
         self.apply_follow_up(flow, client, origin, position, watch, held)
 
@@ -367,7 +354,7 @@ class Hops:
         retry = (client_of(flow, self.client_id), normalize_url(url_of(flow)), origin_of(flow),
                  replace(position, retry=True))
         if self.local:
-            self._pending.expect_now(*retry)  # type: ignore[attr-defined]
+            self.pending.expect_now(*retry)  # type: ignore[attr-defined]
             return None
         return self.ask(self.pending.expect(*retry), None, "expect")
 
@@ -432,7 +419,7 @@ class Hops:
         its last resort."""
         start = time.monotonic()
         try:
-            if getattr(self.store, "in_process", False) and getattr(self.pending, "in_process", False):
+            if self.local:
                 result = await call
             else:
                 deadline = max(STORE_DEADLINE, 3 * self.link.timeout) if self.link else STORE_DEADLINE

@@ -35,7 +35,7 @@ def new_chain() -> ChainPosition:
 
 
 class PendingFollowUps(Protocol):
-    in_process: bool  # as CredentialStore.in_process: calls never wait on I/O
+    in_process: bool  # as CredentialStore.in_process: calls never wait on I/O; then `*_now` exist too
 
     async def expect(self, client: str, url: str, origin: Origin, position: ChainPosition) -> None:
         """Remember that `client` should next request `url` (normalised) on `origin`, as hop `position`."""

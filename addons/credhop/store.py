@@ -52,7 +52,8 @@ class StoreUnavailable(Exception):
 
 class CredentialStore(Protocol):
     # True only for a store whose calls never wait on I/O (they finish in the awaiting step): the
-    # addon then skips the deadline it puts on every call to a store that can stall
+    # addon then skips the deadline it puts on every call to a store that can stall, and calls its
+    # sync half (`get_now`) on the hot path
     in_process: bool
     async def grant(self, grant: Grant) -> Refusal | None:
         """Store `grant` unless a live grant for the same client and origin, handed out by another
