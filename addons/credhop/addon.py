@@ -134,7 +134,7 @@ class CredHop:
             self.hops.injected.clear()
         self.ttl, self.observe, self.secret_headers, self.fingerprint = ttl, observe, headers, fingerprint
         self.client_id = opts.credhop_client_id
-        self.hops.count_plain = opts.credhop_plain_redirects == "count"
+        self.hops.plain_mode = opts.credhop_plain_redirects
         self.instance = opts.credhop_instance or f"{socket.gethostname()}:{getattr(opts, 'listen_port', None) or 8080}"
         if stores is not None:
             self.hops.use_stores(*stores, warn_fingerprints=not opts.credhop_fingerprint_key)
@@ -215,7 +215,7 @@ class CredHop:
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not flow.live or flow.response is None:
-            self.hops.flows.pop(flow.id, None)
+            self.hops.forget(flow)
             return None
         return self.hops.response(flow)
 

@@ -5,8 +5,9 @@ proposed `Grant`, the Location is stripped (`flows.apply_redirect`) and the foll
 `Hops.follow_up` finds that follow-up (or a later download) and adds the header; `Hops.close`
 records what the client got. `addon.py` only guards mitmproxy's hooks and calls these.
 
-Most requests need none of this: `needs_follow_up` and `is_bare_redirect` are the cheap tests
-that let them through without a coroutine, a record or a parse.
+Most requests need none of this: `has_state` and `bare_location` are the cheap tests that let
+them through without a coroutine, a record or a parse. A plain 3xx (no credential possible) is set
+aside (`set_aside`) and recorded only if its chain turns out to need explaining (`settle_plain`).
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ from .flows import (
 )
 from .downloads import DownloadTally
 from .leaks import Injected, SentSecret, as_injected, secrets_sent
-from .pending import ChainPosition, MemoryPending, PendingFollowUps, new_chain
+from .pending import ChainPosition, MemoryPending, PendingFollowUps, PlainRedirects, new_chain
 from .records import Action, ErrorRecord, InjectRecord, LeakRecord, Record, ResponseRecord, Why
 from .rules import RuleSet
 from .scrub import Redactor, secret_header_names
 from .sinks import Counters, Sinks
 from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable
-from .urls import Origin, may_carry_credential, normalize_url, redact_url
+from .urls import Origin, follow_key, may_carry_credential, normalize_url, plain_follow_key, redact_url
 
 log = logging.getLogger("credhop")
 
@@ -75,6 +76,7 @@ class FlowState:
     redirect_seen: bool = False  # the 3xx went through responseheaders
     download: Grant | None = None  # injected as a download, its records not yet written (downloads.py)
     client: str | None = None  # who it was injected for (set with `download`)
+    plain: tuple[Any, float] | None = None  # the plain 3xx set aside that this request follows, and when
 
 
 class Hops:
@@ -99,7 +101,9 @@ class Hops:
         self.metrics: Any = None  # metrics.Metrics while credhop_metrics is set
         self.link: Any = None  # redis_store.RedisLink while credhop_store is a Redis URL
         self.store_failing = False
-        self.count_plain = False  # credhop_plain_redirects=count: bare redirects are counted, not recorded
+        self.plain_mode = "failed"  # credhop_plain_redirects: record, failed (set aside) or count
+        self.plain = PlainRedirects(clock=clock)  # plain 3xx set aside, by the follow-up they expect
+        self.bare_seen: set[str] = set()  # flows whose bare 3xx responseheaders counted
         self.flows: OrderedDict[str, FlowState] = OrderedDict()
         # how each held credential reads once injected, so a download does not fingerprint it again
         self.injected: dict[tuple[str, str], Injected] = {}
@@ -116,19 +120,34 @@ class Hops:
     # the flow go on.
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        client = self.needs_follow_up(flow)
-        if client is None:
+        client = client_of(flow, self.client_id)
+        try:
+            known = self.followed_plain(flow, client) if client in self.plain else None
+        except Exception as e:
+            self.internal_error(flow, "requestheaders", e)
+            return None
+        if known is None and not self.has_state(client):
             return None
         if self.local and not is_transparent(flow):  # nothing to wait for: no coroutine
             try:
-                self.follow_up_now(flow, client)
+                self.follow_up_now(flow, client, known)
             except Exception as e:
                 self.internal_error(flow, "requestheaders", e)
             return None
-        return self._guarded(self.follow_up(flow, client), flow, "requestheaders")
+        return self._guarded(self.follow_up(flow, client, known), flow, "requestheaders")
 
     def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        if self.is_bare_redirect(flow):
+        state = self.flows.get(flow.id)
+        if state is not None and state.plain is not None:  # a plain 3xx's follow-up, redirected again
+            try:
+                self.settle_plain(flow, state)
+            except Exception as e:
+                self.internal_error(flow, "responseheaders", e)
+                return None
+        elif (location := self.bare_location(flow)) is not None and self.set_aside(flow, location):
+            if len(self.bare_seen) >= MAX_LIVE_FLOWS:  # flows that never ended
+                self.bare_seen.clear()
+            self.bare_seen.add(flow.id)  # so `response` does not take it again
             return None
         return self._guarded(self.redirect(flow, streamed=True), flow, "responseheaders")
 
@@ -136,11 +155,19 @@ class Hops:
         """The whole answer: a 3xx that never passed responseheaders, then the flow's close."""
         response = flow.response
         state = self.flows.get(flow.id)
+        if state is not None and state.plain is not None and response is not None \
+                and (response.status_code >= 400 or response.status_code in REDIRECTS):
+            try:  # the chain of a plain 3xx set aside failed, or goes on: now it is recorded
+                self.settle_plain(flow, state)
+            except Exception as e:
+                self.internal_error(flow, "response", e, stop=False)
+                return None
         if response is not None and response.status_code in REDIRECTS and flow.is_replay != "request" \
                 and not (state and state.redirect_seen):
-            if self.is_bare_redirect(flow):
-                self.count_bare()
-            else:  # a 3xx another addon made (server replay, map_local) never passes responseheaders
+            if flow.id in self.bare_seen:
+                self.bare_seen.discard(flow.id)
+            elif (location := self.bare_location(flow)) is None or not self.set_aside(flow, location):
+                # a 3xx another addon made (server replay, map_local) never passes responseheaders
                 return self._redirect_then_close(flow)
         return None if state is None else self._close_guarded(flow)
 
@@ -169,53 +196,113 @@ class Hops:
 
     # -- the cheap tests -----------------------------------------------------------------
 
-    def needs_follow_up(self, flow: http.HTTPFlow) -> str | None:
-        """The client, when something is pending or held for it; else None (the common case: two lookups)."""
-        client = client_of(flow, self.client_id)
-        return client if self.pending.awaits(client) or self.store.may_hold(client) else None
+    def has_state(self, client: str) -> bool:
+        """Whether something is pending or held for `client` (False is the common case: two lookups)."""
+        return self.pending.awaits(client) or self.store.may_hold(client)
 
-    def is_bare_redirect(self, flow: http.HTTPFlow) -> bool:
-        """A 3xx that starts no credential hop: one Location that cannot carry a credential (no `@`,
-        so no userinfo by any parser, and no signed-URL parameter), outside a chain, from a request
-        that carried no secret (so nothing to leak on). Such a chain cannot fail for a credential.
-        It is counted (`count_bare`, once, when it ends), not recorded: nothing about it can need a
-        header, a strip or a leak check."""
-        if not self.count_plain:
-            return False
+    def bare_location(self, flow: http.HTTPFlow) -> str | None:
+        """The Location of a 3xx that starts no credential hop (a bare redirect), else None: one
+        Location that cannot carry a credential (no `@`, so no userinfo by any parser, and no
+        signed-URL parameter), outside a chain, answering a request that carried no secret (so
+        nothing to leak on). Such a chain cannot fail for a credential: nothing about the 3xx needs a
+        header, a strip or a leak check. It is counted (`set_aside`), and recorded only as
+        credhop_plain_redirects says."""
+        if self.plain_mode == "record":
+            return None
         state = self.flows.get(flow.id)
         if state is not None and state.position is not None:
-            return False
+            return None
         assert flow.response is not None
         locations = flow.response.headers.get_all("location")
-        return len(locations) == 1 and not may_carry_credential(locations[0]) \
-            and not carries_secret(flow.request, self.secret_headers)
+        if len(locations) != 1 or may_carry_credential(locations[0]) \
+                or carries_secret(flow.request, self.secret_headers):
+            return None
+        return locations[0]
 
     def count_bare(self) -> None:
         self.counters.add("redirects")
         if self.metrics:
             self.metrics.bare_redirect()
 
+    def set_aside(self, flow: http.HTTPFlow, location: str) -> bool:
+        """Count a bare redirect and, with credhop_plain_redirects=failed, keep it by the `follow_key`
+        its follow-up will have; False when it must be recorded now: that key cannot be told without
+        a URL parser (urls.plain_follow_key), or the proxy is transparent (the request's host is an
+        address, the Location's a name)."""
+        if self.plain_mode == "failed":
+            if is_transparent(flow):
+                return False
+            request = flow.request
+            key = plain_follow_key(location, request.scheme, request.host, request.port)
+            if key is None:
+                return False
+            self.plain.put(client_of(flow, self.client_id), key, flow)
+        self.count_bare()
+        return True
+
+    def followed_plain(self, flow: http.HTTPFlow, client: str) -> ChainPosition | None:
+        """For a request that follows a plain 3xx set aside: its hop, with the 3xx recorded now, when
+        the client has something pending or held (the full path needs the hop); else None, and the
+        3xx waits for this request's answer (`settle_plain`). A secret this request carries cannot be
+        a leak (the 3xx answered a request without one and handed out none): its close records it."""
+        if is_transparent(flow):
+            return None
+        request = flow.request
+        found = self.plain.take(client, follow_key(request.scheme, request.host, request.port, request.path))
+        if found is None:
+            return None
+        if self.has_state(client):
+            return self.record_plain(found, client)
+        self.state(flow).plain = found
+        return None
+
+    def settle_plain(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """The follow-up of a plain 3xx set aside failed or was redirected: record the 3xx, as
+        `redirect` would have, and make this request its next hop."""
+        found, state.plain = state.plain, None
+        assert found is not None
+        state.position = position = self.record_plain(found, client_of(flow, self.client_id))
+        flow.metadata[META] = {"chain": position.chain, "hop": position.hop}  # as `place`: the state may be gone
+
+    def record_plain(self, found: tuple[Any, float], client: str) -> ChainPosition:
+        """The redirect record of a plain 3xx set aside (counted when it came: `count_bare`), dated
+        when it came; returns the hop its follow-up is."""
+        assert self.fingerprint is not None
+        flow, at = found
+        request, response = flow.request, flow.response
+        position = new_chain()
+        issuer = request_origin(request.scheme, request.host, request.port)
+        redirect = Redirect(client, url_of(flow), issuer, response.status_code,
+                            tuple(response.headers.get_all("location")), address=address_of(flow))
+        decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, at,
+                                   ChainPosition(position.chain, 1))
+        flow.metadata[META] = {"chain": position.chain, "hop": 0}
+        self.sinks.emit_uncounted(redirect_record(self.base(flow, position, at=at), redirect, decision, [],
+                                                  self.observe))
+        return next_position(redirect, position, decision, [], frozenset())
+
     # -- applying decisions ------------------------------------------------------------
 
-    async def follow_up(self, flow: http.HTTPFlow, client: str) -> None:
-        """What a request may need, asked of any store, each call with its deadline (`ask`)."""
+    async def follow_up(self, flow: http.HTTPFlow, client: str, known: ChainPosition | None = None) -> None:
+        """What a request may need, asked of any store, each call with its deadline (`ask`).
+        `known`: the hop it is, already known (it follows a plain 3xx set aside)."""
         origin = await self.destination(flow)
-        position = watch = None
-        if self.pending.awaits(client):
+        position, watch = known, None
+        if position is None and self.pending.awaits(client):
             position = await self.ask(self.pending.follow(client, normalize_url(url_of(flow))), None, "follow")
             if position is None:
                 watch = await self.ask(self.pending.watching(client, origin), None, "watching")
         held = await self.ask(self.store.get(client, origin), None, "get") if self.store.may_hold(client) else None
         self.apply_follow_up(flow, client, origin, position, watch, held)
 
-    def follow_up_now(self, flow: http.HTTPFlow, client: str) -> None:
+    def follow_up_now(self, flow: http.HTTPFlow, client: str, known: ChainPosition | None = None) -> None:
         """`follow_up` for stores in this process and a destination that needs no lookup (not
         transparent: mitmproxy's own host and port): the same answers, no coroutine."""
         request = flow.request
         origin = request_origin(request.scheme, request.host, request.port)
         pending = self.pending
-        position = watch = None
-        if pending.awaits(client):
+        position, watch = known, None
+        if position is None and pending.awaits(client):
             position = pending.follow_now(client, normalize_url(url_of(flow)))  # type: ignore[attr-defined]
             if position is None:
                 watch = pending.watching_now(client, origin)  # type: ignore[attr-defined]
@@ -374,8 +461,16 @@ class Hops:
                                          lambda: self.base(flow, position, reuse=True)):
             self.emit(record)
 
+    def forget(self, flow: http.HTTPFlow) -> None:
+        """A flow that ended without an answer credhop looks at (not live, or no response)."""
+        self.flows.pop(flow.id, None)
+        self.bare_seen.discard(flow.id)
+
     def error(self, flow: http.HTTPFlow) -> None:
+        self.bare_seen.discard(flow.id)
         state = self.flows.pop(flow.id, None)
+        if state and state.plain and flow.error and flow.live:  # a plain 3xx's follow-up got no answer
+            self.settle_plain(flow, state)
         if state and state.position and flow.error and flow.live:
             if state.download is not None:
                 self._record_download(flow, state)
@@ -481,8 +576,9 @@ class Hops:
 
     # -- records and per-flow state --------------------------------------------------------
 
-    def base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:
-        return dict(ts=round(self.clock(), 6), client=client_of(flow, self.client_id), chain=position.chain,
+    def base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False,
+             at: float | None = None) -> dict[str, Any]:
+        return dict(ts=round(self.clock() if at is None else at, 6), client=client_of(flow, self.client_id), chain=position.chain,
                     hop=position.hop, flow=flow.id, method=flow.request.method, url=redact_url(url_of(flow)),
                     retry=position.retry, reuse=reuse, instance=self.instance)
 

@@ -31,6 +31,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 class Metrics:
     """The counters, gauges and histogram, in their own registry (not the process-global one)."""
 
+    counts = True  # a sink that counts: Sinks.emit_uncounted passes it by
+
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -101,7 +103,7 @@ class Metrics:
         self.injections.labels(rule).inc()
 
     def bare_redirect(self) -> None:
-        """A 3xx that starts no credential hop (hop.Hops.is_bare_redirect): not recorded, still counted."""
+        """A 3xx that starts no credential hop (hop.Hops.bare_location): counted when it comes."""
         self.redirects.labels("none", "").inc()
 
     def store_call(self, op: str, seconds: float, outcome: str) -> None:

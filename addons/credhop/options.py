@@ -22,7 +22,7 @@ from .scrub import DEFAULT_SECRET_HEADERS, Redactor, printable, secret_header_na
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")  # package data: shipped in the wheel
 PREFIX = "credhop_"
 CLIENT_IDS = ("address", "proxyauth")
-PLAIN_REDIRECTS = ("record", "count")
+PLAIN_REDIRECTS = ("failed", "record", "count")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +45,11 @@ OPTIONS = (
            f"Seconds (1..{MAX_TTL}) an injected credential stays valid for follow-ups, unless its rule sets ttl."),
     Option("credhop_max_credentials", int, 10_000,
            "Most credentials held at once; when full, the client holding the most loses its least recently used."),
-    Option("credhop_plain_redirects", str, "record",
+    Option("credhop_plain_redirects", str, "failed",
            "A 3xx that cannot start a credential hop (one Location without @ or a signed parameter, no secret "
-           "sent, outside a chain): 'record' it, so a report can explain the chain (loops, an expired "
-           "credential, no credential at all), or only 'count' it, which costs almost nothing.",
+           "sent, outside a chain): 'failed' counts it and records it only if its follow-up fails (400 or "
+           "more, no answer) or is redirected again, so a report explains that chain; 'record' records every "
+           "one (chains that ended well too); 'count' only counts. 'failed' and 'count' cost almost nothing.",
            choices=PLAIN_REDIRECTS),
     Option("credhop_secret_headers", str, ",".join(DEFAULT_SECRET_HEADERS),
            "Comma-separated request headers that carry secrets, besides Authorization, "

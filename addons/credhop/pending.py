@@ -156,3 +156,50 @@ class MemoryPending:
     def __len__(self) -> int:
         self._purge(self.clock())
         return self._count
+
+
+class PlainRedirects:
+    """Plain 3xx responses set aside (`credhop_plain_redirects=failed`): one that cannot start a
+    credential hop is recorded only when its chain needs explaining, that is when its follow-up
+    fails, gets no answer or is redirected again (hop.Hops). Kept by client and the `follow_key` of
+    the request that follows it; in this process only, bounded in number and time. The entry keeps
+    the 3xx's flow (records are built from it later) and when it came."""
+
+    def __init__(self, max_entries: int = 4_096, ttl: float = 60.0, clock: Clock = time.time) -> None:
+        self.max_entries, self.ttl, self.clock = max_entries, ttl, clock
+        self._entries: OrderedDict[tuple[str, str], tuple[object, float]] = OrderedDict()
+        self._per_client: Counter[str] = Counter()
+
+    def __contains__(self, client: str) -> bool:
+        return client in self._per_client
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, client: str, key: str, flow: object) -> None:
+        now = self.clock()
+        entry = (client, key)
+        if self._entries.pop(entry, None) is None:  # the same target again: the newest 3xx counts
+            self._per_client[client] += 1
+        self._entries[entry] = (flow, now)
+        while len(self._entries) > self.max_entries or self._expired(now):
+            self._drop(next(iter(self._entries)))
+
+    def take(self, client: str, key: str) -> tuple[object, float] | None:
+        """The 3xx this request follows, with when it came; taken once."""
+        now = self.clock()
+        while self._expired(now):
+            self._drop(next(iter(self._entries)))
+        found = self._entries.get((client, key))
+        if found is not None:
+            self._drop((client, key))
+        return found
+
+    def _expired(self, now: float) -> bool:
+        return bool(self._entries) and next(iter(self._entries.values()))[1] + self.ttl <= now
+
+    def _drop(self, entry: tuple[str, str]) -> None:
+        del self._entries[entry]
+        self._per_client[entry[0]] -= 1
+        if not self._per_client[entry[0]]:
+            del self._per_client[entry[0]]

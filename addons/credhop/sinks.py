@@ -47,6 +47,13 @@ class Sinks:
         for sink in self.sinks:
             sink.emit(record)
 
+    def emit_uncounted(self, record: Record) -> None:
+        """To every sink but those that count (`counts = True`): for a record whose event was
+        already counted when it happened (a plain 3xx set aside, recorded later)."""
+        for sink in self.sinks:
+            if not getattr(sink, "counts", False):
+                sink.emit(record)
+
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
@@ -253,6 +260,8 @@ _WHY_COUNTERS = {"location-missing": "location_missing", "location-several": "lo
 
 class Counters:
     """Counts of every decision since start, derived from the records plus a few the addon adds."""
+
+    counts = True  # Sinks.emit_uncounted passes it by
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()

@@ -307,6 +307,59 @@ def request_url(scheme: str, host: str, port: int, path: str) -> str:
     return f"{scheme}://{authority}{path}"
 
 
+# a Location a client follows as written: http(s), scheme-relative or path-absolute; a plain host
+# name; printable ASCII without space, backslash or `%` (escapes some clients rewrite)
+_PLAIN_LOCATION = re.compile(
+    r'(?:(?:(?i:(https?)):)?//([A-Za-z0-9_-](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?)(?::([0-9]{1,5}))?)?'
+    r'([/?][!"$&-\[\]-~]*)?(?:#[!-~]*)?\Z')
+
+
+def plain_follow_key(location: str, scheme: str, host: str, port: int) -> str | None:
+    """The `follow_key` of the request a client makes to follow `location`, a 3xx answering
+    scheme://host:port, read without a URL parser. None for anything a client might rewrite before
+    following (relative paths, dot segments, escapes, non-ASCII, spaces, backslashes, bracketed or
+    odd hosts, odd ports): such a Location takes the parser's path (`parse_location`)."""
+    m = _PLAIN_LOCATION.match(location)
+    if m is None:
+        return None
+    their_scheme, name, digits, path = m.groups()
+    if name is None:  # path-absolute: the same origin
+        if path is None or not path.startswith("/") or path.startswith("//"):
+            return None
+    else:
+        if their_scheme:
+            scheme = their_scheme.lower()
+        if digits is None:
+            port = DEFAULT_PORTS[scheme] if scheme in DEFAULT_PORTS else 0
+        else:
+            port = int(digits)
+            if not 0 < port < 65536:
+                return None
+        if _ends_in_a_number(name) and not _DOTTED_QUAD.fullmatch(name):
+            return None  # WHATWG reads `0`, `1.2` or `0x7f` as an IPv4 address and writes it dotted
+        host = name
+        if path is None:
+            path = "/"
+        elif not path.startswith("/"):
+            path = "/" + path
+    if "/." in path.partition("?")[0]:  # dot segments: clients remove them
+        return None
+    return follow_key(scheme, host, port, path) if port else None
+
+
+_DOTTED_QUAD = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
+def _ends_in_a_number(host: str) -> bool:
+    last = host.rpartition(".")[2]
+    return last.isdigit() or last[:2].lower() == "0x"
+
+
+def follow_key(scheme: str, host: str, port: int, path: str) -> str:
+    """A request's target as `plain_follow_key` spells a Location's: exact, no normalisation."""
+    return f"{scheme}://{host.lower()}:{port}{path}"
+
+
 def redact_url(text: str) -> str:
     """Replace every userinfo in `text` by `user:***` or `***` (user-only is usually the token).
 

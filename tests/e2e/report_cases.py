@@ -77,12 +77,16 @@ class Env:
         return path
 
     @contextmanager
-    def proxy(self, observe: bool = False, rules: str | None = None) -> Iterator[Mitmdump]:
+    def proxy(self, observe: bool = False, rules: str | None = None, plain: str | None = None) -> Iterator[Mitmdump]:
+        """`plain`: credhop_plain_redirects (the default, 'failed', records a plain chain only when it
+        fails; findings on plain chains that ended well need 'record')."""
         rules_file = None
         if rules is not None:
             rules_file = self.tmp / "rules.yaml"
             rules_file.write_text(rules)
-        options = {"credhop_observe": "true"} if observe else None
+        options = {"credhop_observe": "true"} if observe else {}
+        if plain:
+            options["credhop_plain_redirects"] = plain
         with Mitmdump(self.tmp / "proxy", self.pki.ca_cert, options=options, rules=rules_file) as proxy:
             yield proxy
 
@@ -282,7 +286,7 @@ def case_downgrade_to_plaintext(env: Env) -> Path:
     plain, start = env.routes(), env.routes(tls=True)
     plain.routes["/landing"] = ok()
     start.routes["/start"] = redirect(f"{plain.url}/landing")
-    return _curl_start(env, start, "-L")
+    return _curl_start(env, start, "-L", plain="record")
 
 
 @case(present="CH302", absent="CH303 CH502")
@@ -328,7 +332,7 @@ def case_post_becomes_get_after_302(env: Env) -> Path:
     server = env.routes()
     server.routes["/form"] = redirect(f"{server.url}/done")
     server.routes["/done"] = ok()
-    return _curl_start(env, server, "-L", "-d", "x=1", path="/form")
+    return _curl_start(env, server, "-L", "-d", "x=1", path="/form", plain="record")
 
 
 @case(present="", absent="CH307")
@@ -336,7 +340,7 @@ def case_post_stays_post_after_307(env: Env) -> Path:
     server = env.routes()
     server.routes["/form"] = redirect(f"{server.url}/done", status=307)
     server.routes["/done"] = ok()
-    return _curl_start(env, server, "-L", "-d", "x=1", path="/form")
+    return _curl_start(env, server, "-L", "-d", "x=1", path="/form", plain="record")
 
 
 @case(present="CH308", absent="CH306")
@@ -344,7 +348,7 @@ def case_double_slash_in_the_location_path(env: Env) -> Path:
     server = env.routes()
     server.routes["/start"] = redirect(f"{server.url}/pypi//simple/")
     server.routes["/pypi//simple/"] = ok()
-    return _curl_start(env, server, "-L")
+    return _curl_start(env, server, "-L", plain="record")
 
 
 # -- injection refused or skipped ------------------------------------------------------------------

@@ -17,7 +17,8 @@ from credhop.diagnosis import CATALOGUE, diagnose_file
 from credhop.html_report import render_html
 from credhop.report import render_json, render_markdown, render_text, summary_line
 from tests.e2e.harness import REPO, tool
-from tests.e2e.report_cases import CASES, Case, Env
+from tests.e2e.report_cases import CASES, Case, Env, ok
+from tests.fixtures.server import redirect
 from tests.secrets_check import assert_no_leak
 
 CODES = {k.code for k in CATALOGUE}
@@ -52,6 +53,23 @@ def test_findings_of_a_real_run(case: Case, env: Env):
     reports = [out.getvalue(), render_text(chains, color=True), render_markdown(chains), render_json(chains),
                render_html(chains), summary, hoplog.read_text()]
     assert_no_leak("\n".join(reports), env.forms, f"reports of {case.name}")
+
+
+def test_by_default_a_plain_chain_is_recorded_only_when_it_fails(env: Env):
+    # credhop_plain_redirects=failed: a 302 without a credential is set aside; its chain is written
+    # when the follow-up fails, and a chain that ended well leaves no record
+    server = env.routes()
+    server.routes["/good"] = redirect(f"{server.url}/landing")
+    server.routes["/landing"] = ok()
+    server.routes["/bad"] = redirect(f"{server.url}/gone")
+    with env.proxy() as mitm:
+        env.curl(mitm, f"{server.url}/good", "-L")
+        env.curl(mitm, f"{server.url}/bad", "-L")
+    records = [json.loads(line) for line in mitm.hoplog.read_text().splitlines()]
+    assert [(r["event"], r["hop"], r["url"].rsplit("/", 1)[1]) for r in records] == \
+        [("redirect", 0, "bad"), ("response", 1, "gone")]
+    chains, _ = diagnose_file(mitm.hoplog)
+    assert [c.verdict for c in chains] == ["failed"]
 
 
 # -- the uv 0.5.25 story, end to end: the command line, the page, Chromium -------------------------

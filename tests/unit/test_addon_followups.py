@@ -187,13 +187,18 @@ def test_a_redirect_that_may_matter_is_never_taken_for_bare(hop, why):
     assert [r for r in hop.records() if r["event"] == "redirect" and r["url"] == redact_url(f.request.url)]
 
 
-def test_plain_redirects_are_recorded_by_default(hop):
+def test_plain_redirects_are_recorded_when_their_chain_fails_by_default(hop):
     run_redirect(hop, "https://hop2.example/simple/pkg/")
-    assert [(r["event"], r["action"]) for r in hop.records()] == [("redirect", "none")]
+    assert hop.records() == []  # set aside (tests/unit/test_plain_redirects.py)
+    g = send(hop, "https://hop2.example/simple/pkg/")
+    g.response = tflow.tresp(status_code=404)
+    hop.response(g)
+    assert [(r["event"], r["action"] if r["event"] == "redirect" else r["status"]) for r in hop.records()] == \
+        [("redirect", "none"), ("response", 404)]
     hop.tctx.configure(hop.addon, credhop_plain_redirects="count")
     run_redirect(hop, "https://hop2.example/simple/pkg/")
-    assert len(hop.records()) == 1 and hop.addon.counters["redirects"] == 2
-    with pytest.raises(Exception, match="credhop_plain_redirects='skip': not one of 'record', 'count'"):
+    assert len(hop.records()) == 2 and hop.addon.counters["redirects"] == 2
+    with pytest.raises(Exception, match="credhop_plain_redirects='skip': not one of 'failed', 'record', 'count'"):
         hop.tctx.configure(hop.addon, credhop_plain_redirects="skip")
 
 
