@@ -159,9 +159,9 @@ def configs(args: argparse.Namespace, workdir: Path, redis: RedisServer | None =
         path = workdir / f"rules-{n}.yaml"
         path.write_text(rulegen.to_yaml(rulegen.specs(n)))
         out.append(Config(f"rules{n}", f"credhop, {n:,} rules", n, ["-s", entry, "--set", f"credhop_rules={path}"]))
-    if args.instructions:  # credhop_plain_redirects=count: a 3xx that cannot start a credential hop is only counted
-        out.append(Config("count", "credhop, shipped rules, plain redirects counted", 2,
-                          shipped + ["--set", "credhop_plain_redirects=count"]))
+    if args.instructions:  # credhop_plain_redirects=record (the default before 'failed'): every plain 3xx recorded
+        out.append(Config("record", "credhop, shipped rules, every plain redirect recorded", 2,
+                          shipped + ["--set", "credhop_plain_redirects=record"]))
     out.append(Config("hoplog", "credhop, shipped rules + hop log", 2,
                       shipped + ["--set", f"credhop_log={workdir / 'hops.jsonl'}"]))
     # the one info line per credential hop costs more in mitmproxy's log handlers than the decision:

@@ -81,12 +81,12 @@ def _instruction_targets(args: argparse.Namespace, rows: list[dict]) -> list[str
     now = {(r["config"], r["workload"], r["scheme"]): r for r in rows}
     out = ["## Targets (issue 23)", "",
            "Instructions per request against bare mitmdump in the same run; **before** is the run of "
-           "docs/performance-instructions-before.json (HTTP only). The noauth target also shows the "
-           "configuration with `credhop_plain_redirects=count`.", "",
+           "docs/performance-instructions-before.json (HTTP only). The noauth target also shows "
+           "`credhop_plain_redirects=record` (every plain redirect recorded; the default is `failed`).", "",
            "| configuration | workload | scheme | target | before | now | met |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for (config, workload), target in TARGETS.items():
         for scheme in args.schemes:
-            for shown in ([config, "count"] if (config, workload) == ("shipped", "noauth") else [config]):
+            for shown in ([config, "record"] if (config, workload) == ("shipped", "noauth") else [config]):
                 row = now.get((shown, workload, scheme))
                 if row is None:
                     continue
