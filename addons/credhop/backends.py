@@ -29,6 +29,8 @@ def make_stores(opts: Any, clock: Clock, observer: Callable[[str, float, str | N
         raise exceptions.OptionsError(f"credhop_store={shown!r}: not 'memory' or a URL of "
                                       f"{', '.join(s + '://' for s in STORE_SCHEMES)}")
     try:
+        import redis.asyncio  # noqa: F401  (redis_store imports it only when it connects)
+
         from .redis_store import RedisLink, RedisPending, RedisStore, StoreConfigError, connect, describe
         from .sealing import KeyFileError, Sealer
     except ImportError as e:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Mitmdump, clean_env, proxy_env, run, tool
+from tests.e2e.harness import ENTRY_SCRIPT, SHIPPED_RULES, Mitmdump, clean_env, proxy_env, run, tool
 from tests.e2e.test_clients import CLIENTS, PACKAGE, curl_fetch, uv_install
 from tests.fixtures.registry import Redirector, Response
 from tests.secrets_check import assert_no_leak
@@ -72,6 +73,24 @@ def test_an_unusable_option_stops_the_proxy_with_one_line(tmp_path, pki, option,
     assert proxy.run_expecting_failure() != 0
     lines = [line for line in proxy.output.splitlines() if line.strip() and "Loading script" not in line]
     assert lines == [f"credhop: {lines[0].removeprefix('credhop: ')}"] and says in lines[0], proxy.output
+    assert "Traceback" not in proxy.output and "listening" not in proxy.output
+
+
+def test_a_redis_store_without_the_redis_package_stops_with_one_line(tmp_path, pki):
+    # a real mitmdump whose interpreter cannot import redis (as a venv without the fleet extra):
+    # before, start-up printed a ModuleNotFoundError traceback
+    key = tmp_path / "store.key"
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
+    python = Path(tool("CREDHOP_MITMDUMP", "mitmdump")).parent / "python"
+    without_redis = "import sys; sys.modules['redis'] = None; from mitmproxy.tools.main import mitmdump; mitmdump()"
+    proxy = Mitmdump(tmp_path, pki.ca_cert, command=[str(python), "-c", without_redis, "-s", str(ENTRY_SCRIPT)],
+                     rules=SHIPPED_RULES,
+                     options={"credhop_store": "redis://127.0.0.1:1/0", "credhop_store_key": str(key)})
+    assert proxy.run_expecting_failure() != 0
+    lines = [line for line in proxy.output.splitlines() if line.strip() and "Loading script" not in line]
+    assert len(lines) == 1 and "needs the redis package" in lines[0] and "pip install 'credhop[fleet]'" in lines[0], \
+        proxy.output
     assert "Traceback" not in proxy.output and "listening" not in proxy.output
 
 

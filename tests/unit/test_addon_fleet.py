@@ -3,6 +3,7 @@ records naming their instance, and Prometheus metrics that agree with the hop lo
 
 from __future__ import annotations
 
+import sys
 import urllib.request
 
 import pytest
@@ -34,6 +35,22 @@ def test_fleet_options_refused(hop, tmp_path, options, message):
     with pytest.raises(exceptions.OptionsError, match=message):
         hop.tctx.configure(hop.addon, **options)
     assert type(hop.addon.store).__name__ == "MemoryStore"  # nothing changed
+
+
+@pytest.mark.parametrize("missing", ["redis", "redis.asyncio"])
+def test_a_redis_store_without_the_redis_package_names_the_fleet_extra(hop, tmp_path, monkeypatch, missing):
+    key = tmp_path / "k"
+    key.write_text("ab" * 32)
+    key.chmod(0o600)
+    for name in [m for m in list(sys.modules) if m == "redis" or m.startswith("redis.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # what the import system does without it
+    with pytest.raises(exceptions.OptionsError) as e:
+        hop.tctx.configure(hop.addon, credhop_store="redis://127.0.0.1:1/0", credhop_store_key=str(key))
+    message = str(e.value)
+    assert message.startswith("credhop_store: a Redis store needs the redis package (redis")
+    assert message.endswith("): pip install 'credhop[fleet]'") and "\n" not in message
+    assert type(hop.addon.store).__name__ == "MemoryStore"
 
 
 def test_store_key_file_checked_and_never_echoed(hop, tmp_path):
