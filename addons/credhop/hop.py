@@ -51,7 +51,8 @@ from .rules import RuleSet
 from .scrub import Redactor, secret_header_names
 from .sinks import Counters, Sinks
 from .store import CredentialStore, Grant, MemoryStore, Refusal, StoreUnavailable
-from .urls import Origin, follow_key, may_carry_credential, normalize_url, plain_follow_key, redact_url
+from .urls import (Origin, follow_key, may_carry_credential, normalize_url, plain_follow_key, redact_url,
+                   request_url)
 
 log = logging.getLogger("credhop")
 
@@ -61,6 +62,7 @@ MAX_INJECTED = 1_024  # held credentials whose injected form is remembered
 STORE_DEADLINE = 0.5  # seconds: mitmproxy runs no timeout while a hook awaits
 INTERNAL_ERROR = b"credhop: this request was stopped because credhop failed to decide about it; see the proxy log\n"
 T = TypeVar("T")
+Expected = tuple[str, str, Origin, ChainPosition]  # a follow-up to expect: client, normalised URL, origin, hop
 
 
 @dataclass(slots=True)
@@ -76,7 +78,23 @@ class FlowState:
     redirect_seen: bool = False  # the 3xx went through responseheaders
     download: Grant | None = None  # injected as a download, its records not yet written (downloads.py)
     client: str | None = None  # who it was injected for (set with `download`)
-    plain: tuple[Any, float] | None = None  # the plain 3xx set aside that this request follows, and when
+    plain: tuple[AsideRedirect, float] | None = None  # the plain 3xx set aside that this request follows, and when
+
+
+@dataclass(frozen=True, slots=True)
+class AsideRedirect:
+    """What the records of a plain 3xx set aside need, copied when it came: the flow itself may be
+    replayed or edited (mitmweb) before its chain is judged, and would keep its bodies alive."""
+
+    flow: str  # the flow's id
+    method: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    status: int
+    location: str
+    address: str | None
 
 
 class Hops:
@@ -103,7 +121,7 @@ class Hops:
         self.store_failing = False
         self.plain_mode = "failed"  # credhop_plain_redirects: record, failed (set aside) or count
         self.plain = PlainRedirects(clock=clock)  # plain 3xx set aside, by the follow-up they expect
-        self.bare_seen: set[str] = set()  # flows whose bare 3xx responseheaders counted
+        self.bare_seen: dict[str, None] = {}  # flows whose bare 3xx responseheaders counted, oldest first
         self.flows: OrderedDict[str, FlowState] = OrderedDict()
         # how each held credential reads once injected, so a download does not fingerprint it again
         self.injected: dict[tuple[str, str], Injected] = {}
@@ -122,19 +140,19 @@ class Hops:
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         client = client_of(flow, self.client_id)
         try:
-            known = self.followed_plain(flow, client) if client in self.plain else None
+            expected = self.followed_plain(flow, client) if client in self.plain else None
         except Exception as e:
             self.internal_error(flow, "requestheaders", e)
             return None
-        if known is None and not self.has_state(client):
+        if not self.has_state(client):
             return None
         if self.local and not is_transparent(flow):  # nothing to wait for: no coroutine
             try:
-                self.follow_up_now(flow, client, known)
+                self.follow_up_now(flow, client, expected)
             except Exception as e:
                 self.internal_error(flow, "requestheaders", e)
             return None
-        return self._guarded(self.follow_up(flow, client, known), flow, "requestheaders")
+        return self._guarded(self.follow_up(flow, client, expected), flow, "requestheaders")
 
     def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self.flows.get(flow.id)
@@ -144,10 +162,10 @@ class Hops:
             except Exception as e:
                 self.internal_error(flow, "responseheaders", e)
                 return None
-        elif (location := self.bare_location(flow)) is not None and self.set_aside(flow, location):
-            if len(self.bare_seen) >= MAX_LIVE_FLOWS:  # flows that never ended
-                self.bare_seen.clear()
-            self.bare_seen.add(flow.id)  # so `response` does not take it again
+        elif (location := self.bare_location(flow)) is not None and self.set_aside(flow, location, "responseheaders"):
+            while len(self.bare_seen) >= MAX_LIVE_FLOWS:  # flows that never ended
+                del self.bare_seen[next(iter(self.bare_seen))]
+            self.bare_seen[flow.id] = None  # so `response` does not take it again
             return None
         return self._guarded(self.redirect(flow, streamed=True), flow, "responseheaders")
 
@@ -159,14 +177,14 @@ class Hops:
                 and (response.status_code >= 400 or response.status_code in REDIRECTS):
             try:  # the chain of a plain 3xx set aside failed, or goes on: now it is recorded
                 self.settle_plain(flow, state)
-            except Exception as e:
-                self.internal_error(flow, "response", e, stop=False)
+            except Exception as e:  # a 3xx not judged may carry a credential: it does not go on
+                self.internal_error(flow, "response", e, stop=response.status_code in REDIRECTS)
                 return None
         if response is not None and response.status_code in REDIRECTS and flow.is_replay != "request" \
                 and not (state and state.redirect_seen):
             if flow.id in self.bare_seen:
-                self.bare_seen.discard(flow.id)
-            elif (location := self.bare_location(flow)) is None or not self.set_aside(flow, location):
+                del self.bare_seen[flow.id]
+            elif (location := self.bare_location(flow)) is None or not self.set_aside(flow, location, "response"):
                 # a 3xx another addon made (server replay, map_local) never passes responseheaders
                 return self._redirect_then_close(flow)
         return None if state is None else self._close_guarded(flow)
@@ -224,27 +242,36 @@ class Hops:
         if self.metrics:
             self.metrics.bare_redirect()
 
-    def set_aside(self, flow: http.HTTPFlow, location: str) -> bool:
+    def set_aside(self, flow: http.HTTPFlow, location: str, hook: str) -> bool:
         """Count a bare redirect and, with credhop_plain_redirects=failed, keep it by the `follow_key`
         its follow-up will have; False when it must be recorded now: that key cannot be told without
         a URL parser (urls.plain_follow_key), or the proxy is transparent (the request's host is an
-        address, the Location's a name)."""
-        if self.plain_mode == "failed":
-            if is_transparent(flow):
-                return False
-            request = flow.request
-            key = plain_follow_key(location, request.scheme, request.host, request.port)
-            if key is None:
-                return False
-            self.plain.put(client_of(flow, self.client_id), key, flow)
-        self.count_bare()
+        address, the Location's a name). Bookkeeping only: if it fails, the 3xx (which carries no
+        credential, `bare_location` saw to that) goes on, unrecorded."""
+        try:
+            if self.plain_mode == "failed":
+                if is_transparent(flow):
+                    return False
+                request, response = flow.request, flow.response
+                assert response is not None
+                key = plain_follow_key(location, request.scheme, request.host, request.port)
+                if key is None:
+                    return False
+                aside = AsideRedirect(flow.id, request.method, request.scheme, request.host, request.port,
+                                      request.path, response.status_code, location, address_of(flow))
+                self.plain.put(client_of(flow, self.client_id), key, aside)
+            self.count_bare()
+        except Exception as e:
+            self.internal_error(flow, hook, e, stop=False)
         return True
 
-    def followed_plain(self, flow: http.HTTPFlow, client: str) -> ChainPosition | None:
-        """For a request that follows a plain 3xx set aside: its hop, with the 3xx recorded now, when
-        the client has something pending or held (the full path needs the hop); else None, and the
-        3xx waits for this request's answer (`settle_plain`). A secret this request carries cannot be
-        a leak (the 3xx answered a request without one and handed out none): its close records it."""
+    def followed_plain(self, flow: http.HTTPFlow, client: str) -> Expected | None:
+        """For a request that follows a plain 3xx set aside. When the client has something pending
+        or held, the 3xx is recorded now and its follow-up is returned, to be expected before this
+        request is looked up, exactly as `record` would have had it (an older redirect to the same
+        URL still comes first, with the secrets to watch for). Else the 3xx waits for this request's
+        answer (`settle_plain`): a secret this request carries cannot be a leak then (the 3xx
+        answered a request without one and handed out none), and its close records it."""
         if is_transparent(flow):
             return None
         request = flow.request
@@ -252,7 +279,7 @@ class Hops:
         if found is None:
             return None
         if self.has_state(client):
-            return self.record_plain(found, client)
+            return self.record_plain(found, client)[1]
         self.state(flow).plain = found
         return None
 
@@ -261,48 +288,53 @@ class Hops:
         `redirect` would have, and make this request its next hop."""
         found, state.plain = state.plain, None
         assert found is not None
-        state.position = position = self.record_plain(found, client_of(flow, self.client_id))
+        state.position = position = self.record_plain(found, client_of(flow, self.client_id))[0]
         flow.metadata[META] = {"chain": position.chain, "hop": position.hop}  # as `place`: the state may be gone
 
-    def record_plain(self, found: tuple[Any, float], client: str) -> ChainPosition:
+    def record_plain(self, found: tuple[AsideRedirect, float], client: str) -> tuple[ChainPosition, Expected | None]:
         """The redirect record of a plain 3xx set aside (counted when it came: `count_bare`), dated
-        when it came; returns the hop its follow-up is."""
+        when it came; returns the hop its follow-up is, and that follow-up as `redirect` expects it
+        (None when the Location cannot be read)."""
         assert self.fingerprint is not None
-        flow, at = found
-        request, response = flow.request, flow.response
+        aside, at = found
         position = new_chain()
-        issuer = request_origin(request.scheme, request.host, request.port)
-        redirect = Redirect(client, url_of(flow), issuer, response.status_code,
-                            tuple(response.headers.get_all("location")), address=address_of(flow))
+        url = request_url(aside.scheme, aside.host, aside.port, aside.path)
+        redirect = Redirect(client, url, request_origin(aside.scheme, aside.host, aside.port), aside.status,
+                            (aside.location,), address=aside.address)
         decision = decide_redirect(redirect, self.rules, self.fingerprint, self.ttl, at,
                                    ChainPosition(position.chain, 1))
-        flow.metadata[META] = {"chain": position.chain, "hop": 0}
-        self.sinks.emit_uncounted(redirect_record(self.base(flow, position, at=at), redirect, decision, [],
-                                                  self.observe))
-        return next_position(redirect, position, decision, [], frozenset())
+        base = record_fields(at, client, position, aside.flow, aside.method, url, False, self.instance)
+        self.sinks.emit_uncounted(redirect_record(base, redirect, decision, [], self.observe))
+        following = next_position(redirect, position, decision, [], frozenset())
+        location = decision.location
+        return following, (client, location.normalized, location.origin, following) if location else None
 
     # -- applying decisions ------------------------------------------------------------
 
-    async def follow_up(self, flow: http.HTTPFlow, client: str, known: ChainPosition | None = None) -> None:
+    async def follow_up(self, flow: http.HTTPFlow, client: str, expected: Expected | None = None) -> None:
         """What a request may need, asked of any store, each call with its deadline (`ask`).
-        `known`: the hop it is, already known (it follows a plain 3xx set aside)."""
+        `expected`: a follow-up to expect first (of a plain 3xx set aside, recorded just now)."""
         origin = await self.destination(flow)
-        position, watch = known, None
-        if position is None and self.pending.awaits(client):
+        if expected is not None:
+            await self.ask(self.pending.expect(*expected), None, "expect")
+        position = watch = None
+        if self.pending.awaits(client):
             position = await self.ask(self.pending.follow(client, normalize_url(url_of(flow))), None, "follow")
             if position is None:
                 watch = await self.ask(self.pending.watching(client, origin), None, "watching")
         held = await self.ask(self.store.get(client, origin), None, "get") if self.store.may_hold(client) else None
         self.apply_follow_up(flow, client, origin, position, watch, held)
 
-    def follow_up_now(self, flow: http.HTTPFlow, client: str, known: ChainPosition | None = None) -> None:
+    def follow_up_now(self, flow: http.HTTPFlow, client: str, expected: Expected | None = None) -> None:
         """`follow_up` for stores in this process and a destination that needs no lookup (not
         transparent: mitmproxy's own host and port): the same answers, no coroutine."""
         request = flow.request
         origin = request_origin(request.scheme, request.host, request.port)
         pending = self.pending
-        position, watch = known, None
-        if position is None and pending.awaits(client):
+        if expected is not None:
+            pending.expect_now(*expected)  # type: ignore[attr-defined]
+        position = watch = None
+        if pending.awaits(client):
             position = pending.follow_now(client, normalize_url(url_of(flow)))  # type: ignore[attr-defined]
             if position is None:
                 watch = pending.watching_now(client, origin)  # type: ignore[attr-defined]
@@ -464,13 +496,17 @@ class Hops:
     def forget(self, flow: http.HTTPFlow) -> None:
         """A flow that ended without an answer credhop looks at (not live, or no response)."""
         self.flows.pop(flow.id, None)
-        self.bare_seen.discard(flow.id)
+        self.bare_seen.pop(flow.id, None)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.bare_seen.discard(flow.id)
+        self.bare_seen.pop(flow.id, None)
         state = self.flows.pop(flow.id, None)
         if state and state.plain and flow.error and flow.live:  # a plain 3xx's follow-up got no answer
-            self.settle_plain(flow, state)
+            try:
+                self.settle_plain(flow, state)
+            except Exception as e:
+                self.internal_error(flow, "error", e, stop=False)
+                return
         if state and state.position and flow.error and flow.live:
             if state.download is not None:
                 self._record_download(flow, state)
@@ -576,11 +612,9 @@ class Hops:
 
     # -- records and per-flow state --------------------------------------------------------
 
-    def base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False,
-             at: float | None = None) -> dict[str, Any]:
-        return dict(ts=round(self.clock() if at is None else at, 6), client=client_of(flow, self.client_id), chain=position.chain,
-                    hop=position.hop, flow=flow.id, method=flow.request.method, url=redact_url(url_of(flow)),
-                    retry=position.retry, reuse=reuse, instance=self.instance)
+    def base(self, flow: http.HTTPFlow, position: ChainPosition, reuse: bool = False) -> dict[str, Any]:
+        return record_fields(self.clock(), client_of(flow, self.client_id), position, flow.id, flow.request.method,
+                             url_of(flow), reuse, self.instance)
 
     def emit(self, record: Record) -> None:
         self.sinks.emit(record)
@@ -609,3 +643,10 @@ class Hops:
                 names = names - {"proxy-authorization"}
             state.sent = secrets_sent(flow.request.headers.items(multi=True), names, self.fingerprint, state.injected)
         return state.sent
+
+
+def record_fields(ts: float, client: str, position: ChainPosition, flow: str, method: str, url: str, reuse: bool,
+                  instance: str | None) -> dict[str, Any]:
+    """The fields every record has (docs/hop-log.md)."""
+    return dict(ts=round(ts, 6), client=client, chain=position.chain, hop=position.hop, flow=flow, method=method,
+                url=redact_url(url), retry=position.retry, reuse=reuse, instance=instance)

@@ -31,7 +31,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 class Metrics:
     """The counters, gauges and histogram, in their own registry (not the process-global one)."""
 
-    counts = True  # a sink that counts: Sinks.emit_uncounted passes it by
+    counting = True  # a sink that counts: Sinks.emit_uncounted passes it by
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram

@@ -48,10 +48,10 @@ class Sinks:
             sink.emit(record)
 
     def emit_uncounted(self, record: Record) -> None:
-        """To every sink but those that count (`counts = True`): for a record whose event was
+        """To every sink but those that count (`counting = True`): for a record whose event was
         already counted when it happened (a plain 3xx set aside, recorded later)."""
         for sink in self.sinks:
-            if not getattr(sink, "counts", False):
+            if not getattr(sink, "counting", False):
                 sink.emit(record)
 
     def close(self) -> None:
@@ -261,7 +261,7 @@ _WHY_COUNTERS = {"location-missing": "location_missing", "location-several": "lo
 class Counters:
     """Counts of every decision since start, derived from the records plus a few the addon adds."""
 
-    counts = True  # Sinks.emit_uncounted passes it by
+    counting = True  # Sinks.emit_uncounted passes it by (not `counts`: that is the instance's Counter)
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()

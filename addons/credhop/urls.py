@@ -308,10 +308,12 @@ def request_url(scheme: str, host: str, port: int, path: str) -> str:
 
 
 # a Location a client follows as written: http(s), scheme-relative or path-absolute; a plain host
-# name; printable ASCII without space, backslash or `%` (escapes some clients rewrite)
+# name; a path and query of RFC 3986 characters that neither WHATWG (uv, browsers) nor requests' requote
+# (pip) re-encode: no `%` (escapes some clients rewrite), `'`, `"`, `<`, `>`, `` ` ``, `{`, `}`, `|`,
+# `^`, brackets, backslash or space
 _PLAIN_LOCATION = re.compile(
     r'(?:(?:(?i:(https?)):)?//([A-Za-z0-9_-](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?)(?::([0-9]{1,5}))?)?'
-    r'([/?][!"$&-\[\]-~]*)?(?:#[!-~]*)?\Z')
+    r"([/?][A-Za-z0-9\-._~!$&()*+,;=:/?]*)?(?:#[!-~]*)?\Z")
 
 
 def plain_follow_key(location: str, scheme: str, host: str, port: int) -> str | None:
@@ -337,12 +339,15 @@ def plain_follow_key(location: str, scheme: str, host: str, port: int) -> str | 
                 return None
         if _ends_in_a_number(name) and not _DOTTED_QUAD.fullmatch(name):
             return None  # WHATWG reads `0`, `1.2` or `0x7f` as an IPv4 address and writes it dotted
+        if "xn--" in name.lower():
+            return None  # punycode: valid or not is the parser's to say (a `location-unparseable` record)
         host = name
         if path is None:
             path = "/"
         elif not path.startswith("/"):
             path = "/" + path
-    if "/." in path.partition("?")[0]:  # dot segments: clients remove them
+    before, mark, query = path.partition("?")
+    if "/." in before or (mark and not query):  # dot segments and an empty query: clients drop them
         return None
     return follow_key(scheme, host, port, path) if port else None
 

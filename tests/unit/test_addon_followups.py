@@ -48,7 +48,8 @@ def test_a_second_redirect_continues_the_chain(hop):
     hop.responseheaders(second)
     recs = [r for r in hop.records() if r["event"] == "redirect"]
     assert [r["hop"] for r in recs] == [0, 1]
-    assert recs[0]["chain"] == recs[1]["chain"] == first.metadata["credhop"]["chain"]
+    assert recs[0]["chain"] == recs[1]["chain"] == second.metadata["credhop"]["chain"]
+    assert recs[0]["flow"] == first.id  # recorded when its follow-up was redirected (a plain 3xx set aside)
 
 
 def test_custom_header_template(hop):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from mitmproxy.test import tflow
 
 from credhop.pending import PlainRedirects
-from credhop.records import Event, ResponseRecord
+from credhop.records import Action, RedirectRecord
 from credhop.sinks import Counters, Sinks
 from credhop.urls import follow_key, plain_follow_key
 
@@ -154,10 +154,13 @@ def test_uncounted_records_pass_the_counting_sinks_by():
 
     counters = Counters()
     sinks = Sinks(counters, Collect())
-    record = ResponseRecord(ts=1.0, client="c", chain="x", hop=1, flow="f", method="GET", url="https://a/",
-                            retry=False, reuse=False, instance=None, status=404, sent=None)
+    record = RedirectRecord(ts=1.0, client="c", chain="x", hop=0, flow="f", method="GET", url="https://a/",
+                            retry=False, reuse=False, instance=None, status=302, action=Action.NONE,
+                            location="https://b/", target="https://b", relative=False)
+    sinks.emit(record)
+    assert counters["redirects"] == 1  # a sink that counts this record...
     sinks.emit_uncounted(record)
-    assert seen == [record] and record.event is Event.RESPONSE and not counters.counts
+    assert seen == [record, record] and counters["redirects"] == 1  # ...is passed by
 
 
 ISSUER = ("http", "issuer.example", 8080)
@@ -172,13 +175,15 @@ ISSUER = ("http", "issuer.example", 8080)
     ("http://h?x", "http://h:80/?x"),
     ("", None), ("?x", None), ("//", None), ("simple/x", None), ("/a/./b", None),
     ("https://h:0/", None), ("https://h:65536/", None), ("https://h./", None), ("ftp://h/", None),
-    ("https://h/a b", None), ("https://h/a\\b", None), ("https://h/\u00e9", None), ("https://h/a\tb", None),
+    ("https://h/a b", None), ("/a?", None), ("/?'", None), ("/a|b", None), ("/a{b}", None),
+    ("https://xn--a/", None), ("https://x.XN--zz/", None), ("https://h/a\\b", None), ("https://h/\u00e9", None), ("https://h/a\tb", None),
 ])
 def test_plain_follow_key(location, key):
     assert plain_follow_key(location, *ISSUER) == key
 
 
-_chars = st.sampled_from(list("aZ09-._~/?#:;=&+!$'()*,[]@%\\ \t\u00e9") + ["..", "./", "//", "HTTP://", "https://"])
+_chars = st.sampled_from(list("aZ09-._~/?#:;=&+!$'()*,[]@%\\ \t\u00e9|^{}\"<>`") +
+                         ["..", "./", "//", "HTTP://", "https://", "xn--", "0x"])
 
 
 @settings(max_examples=3000, deadline=None)
@@ -186,6 +191,8 @@ _chars = st.sampled_from(list("aZ09-._~/?#:;=&+!$'()*,[]@%\\ \t\u00e9") + ["..",
 @example("https://a/b/..")
 @example("//a:80/?q")
 @example("HTTP://A:0080/")
+@example("/?'")
+@example("/a?")
 def test_the_cheap_reading_agrees_with_whatwg_wherever_it_answers(location):
     key = plain_follow_key(location, *ISSUER)
     if key is None:
@@ -196,3 +203,40 @@ def test_the_cheap_reading_agrees_with_whatwg_wherever_it_answers(location):
     port = int(url.port) if url.port else {"http": 80, "https": 443}[scheme]
     target = url.href.partition("#")[0][len(f"{scheme}://{url.host}"):]  # `search` drops an empty "?"
     assert key == follow_key(scheme, url.hostname, port, target), location
+
+
+def test_an_older_redirect_to_the_same_url_keeps_its_leak_check(hop):
+    # the client sent its own secret to a.example and was sent on to cdn (an on_leak: strip rule);
+    # a plain 302 to the same URL, set aside, must not take that follow-up's place
+    own = ("Authorization", "Bearer client-own-SECRET")
+    first = redirect("https://cdn.strip-leaks.example/file", url="https://a.example/x")
+    first.request.headers[own[0]] = own[1]
+    hop.responseheaders(first)
+    hop.response(first)
+    run_redirect(hop, "https://cdn.strip-leaks.example/file", url="https://b.example/y")
+    follow_up = send(hop, "https://cdn.strip-leaks.example/file", headers=[own])
+    assert "authorization" not in follow_up.request.headers  # stripped, as with `record`
+    assert [r["event"] for r in hop.records()].count("leak") == 1
+
+
+def test_a_set_aside_redirect_replayed_meanwhile_still_records_what_came(hop):
+    first = run_redirect(hop, "https://mirror.example/simple/pkg/")
+    first.response = None  # mitmweb's replay of the 3xx, still running
+    follow_up = send(hop, "https://mirror.example/simple/pkg/")
+    answer(hop, follow_up, 404)
+    assert follow_up.response.status_code == 404
+    assert [(r["event"], r.get("status")) for r in hop.records()] == [("redirect", 302), ("response", 404)]
+
+
+def test_a_follow_up_redirect_that_cannot_be_judged_does_not_go_on(hop, monkeypatch):
+    run_redirect(hop, "https://mirror.example/simple/pkg/")
+    follow_up = send(hop, "https://mirror.example/simple/pkg/")
+
+    def broken(*_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(hop.addon.hops, "record_plain", broken)
+    follow_up.response = tflow.tresp(status_code=302, headers=((b"location", f"https://aws:{ENCODED}@x.example/".encode()),))
+    hop.response(follow_up)  # a 3xx another addon made: `responseheaders` never ran
+    assert follow_up.response.status_code == 502 and ENCODED not in follow_up.response.text
+    assert hop.addon.counters["internal_errors"] == 1
