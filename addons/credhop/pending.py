@@ -162,8 +162,9 @@ class PlainRedirects:
     """Plain 3xx responses set aside (`credhop_plain_redirects=failed`): one that cannot start a
     credential hop is recorded only when its chain needs explaining, that is when its follow-up
     fails, gets no answer or is redirected again (hop.Hops). Kept by client and the `follow_key` of
-    the request that follows it; in this process only, bounded in number and time. The entry keeps
-    the 3xx's flow (records are built from it later) and when it came."""
+    the request that follows it; in this process only, bounded in number and time. An entry is what
+    the caller keeps of the 3xx (hop.AsideRedirect, its records are built from it later) and when it
+    came."""
 
     def __init__(self, max_entries: int = 4_096, ttl: float = 60.0, clock: Clock = time.time) -> None:
         self.max_entries, self.ttl, self.clock = max_entries, ttl, clock

@@ -352,7 +352,8 @@ def plain_follow_key(location: str, scheme: str, host: str, port: int) -> str | 
     return follow_key(scheme, host, port, path) if port else None
 
 
-_DOTTED_QUAD = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 
 
 def _ends_in_a_number(host: str) -> bool:

@@ -177,7 +177,8 @@ ISSUER = ("http", "issuer.example", 8080)
     ("", None), ("?x", None), ("//", None), ("simple/x", None), ("/a/./b", None),
     ("https://h:0/", None), ("https://h:65536/", None), ("https://h./", None), ("ftp://h/", None),
     ("https://h/a b", None), ("/a?", None), ("/?'", None), ("/a|b", None), ("/a{b}", None),
-    ("https://xn--a/", None), ("https://x.XN--zz/", None), ("https://h/a\\b", None), ("https://h/\u00e9", None), ("https://h/a\tb", None),
+    ("https://xn--a/", None), ("https://x.XN--zz/", None),
+    ("https://h/a\\b", None), ("https://h/\u00e9", None), ("https://h/a\tb", None),
 ])
 def test_plain_follow_key(location, key):
     assert plain_follow_key(location, *ISSUER) == key
@@ -237,7 +238,8 @@ def test_a_follow_up_redirect_that_cannot_be_judged_does_not_go_on(hop, monkeypa
         raise RuntimeError("boom")
 
     monkeypatch.setattr(hop.addon.hops, "record_plain", broken)
-    follow_up.response = tflow.tresp(status_code=302, headers=((b"location", f"https://aws:{ENCODED}@x.example/".encode()),))
+    location = f"https://aws:{ENCODED}@x.example/".encode()
+    follow_up.response = tflow.tresp(status_code=302, headers=((b"location", location),))
     hop.response(follow_up)  # a 3xx another addon made: `responseheaders` never ran
     assert follow_up.response.status_code == 502 and ENCODED not in follow_up.response.text
     assert hop.addon.counters["internal_errors"] == 1
