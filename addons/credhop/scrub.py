@@ -62,7 +62,7 @@ class Redactor:
         )
         self._known: OrderedDict[str, None] = OrderedDict()  # spellings of secrets seen, newest last
         self._known_re: re.Pattern[str] | None = None  # all of them but `_fresh`
-        self._fresh: list[str] = []  # added since the pattern was compiled: replaced one by one
+        self._fresh: list[str] = []  # added since the pattern was compiled, longest first: replaced one by one
         # every 4-character piece of the compiled secrets (7 characters and longer) and a pattern for
         # the shorter ones: text holding none of them skips the pattern, whose cost grows with the
         # number of secrets remembered (see `_may_hold_known`)
@@ -74,12 +74,16 @@ class Redactor:
     def remember(self, forms: Iterable[str]) -> None:
         """Mask these spellings of a secret wherever they turn up, whatever surrounds them (a token
         copied into a query, a path or a fragment). Bounded: the oldest are forgotten first."""
+        added = False
         for form in forms:
             if form not in self._known:
                 self._fresh.append(form)
-                self._memo.clear()  # an answer made before may hold the new secret
+                added = True
             self._known[form] = None
             self._known.move_to_end(form)
+        if added:
+            self._memo.clear()  # an answer made before may hold the new secret
+            self._fresh.sort(key=len, reverse=True)  # longest first, sorted here, not on every line
         while len(self._known) > MAX_REMEMBERED:
             self._known.popitem(last=False)
         # compiling thousands of alternatives costs milliseconds: do it once per batch of new secrets,
@@ -119,7 +123,7 @@ class Redactor:
             if self._known_re is None:
                 self._compile()
             if self._fresh:
-                for form in sorted(self._fresh, key=len, reverse=True):
+                for form in self._fresh:
                     text = text.replace(form, "***")
             if self._may_hold_known(text):
                 text = self._known_re.sub("***", text)  # type: ignore[union-attr]
