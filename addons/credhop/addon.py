@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from mitmproxy import command, ctx, exceptions, http
 
 from . import exposure
-from .backends import make_hoplog, make_metrics, make_stores
+from .backends import announce_store, make_hoplog, make_metrics, make_stores
 from .credentials import Fingerprinter
 from .decide import REDIRECTS
 from .diagnosis import Chain, diagnose
@@ -79,6 +79,8 @@ class CredHop:
         self.sinks = Sinks(self.counters, self.recent, self.event_log)
         self._rules_stamp: tuple[float, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._announcing: asyncio.Task[Any] | None = None
+        self._store_options: tuple[Any, ...] | None = None
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -117,7 +119,10 @@ class CredHop:
         if "credhop_fingerprint_key" in updated or fingerprint is None:
             fingerprint = Fingerprinter(fingerprint_key(opts.credhop_fingerprint_key, opts.confdir))
         stores = None
-        if updated & {"credhop_store", "credhop_store_key", "credhop_store_timeout", "credhop_max_credentials"}:
+        # by value: `credhop proxy` hands over the defaults nobody set once more before it listens
+        store_options = (opts.credhop_store, opts.credhop_store_key, opts.credhop_store_timeout,
+                         opts.credhop_max_credentials)
+        if store_options != self._store_options:
             stores = make_stores(opts, self.clock, self.hops.store_event)
         redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
         hoplog = make_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
@@ -137,11 +142,16 @@ class CredHop:
         self.hops.plain_mode = opts.credhop_plain_redirects
         self.instance = opts.credhop_instance or f"{socket.gethostname()}:{getattr(opts, 'listen_port', None) or 8080}"
         if stores is not None:
-            self.hops.use_stores(*stores, warn_fingerprints=not opts.credhop_fingerprint_key)
+            self.hops.use_stores(*stores)
+            self._store_options = store_options
+            if self._running:
+                self._announce_store()
         if metrics is not self.metrics:
             if self.metrics:
                 self.metrics.close()
             self.metrics = metrics
+            if metrics:
+                metrics.store_up_from(lambda: self.hops.store_up)
             # every verdict is counted only with metrics on; else a chain that cannot fail is not diagnosed
             self.recent.on_judged = self._chain_judged if metrics else None
         if redactor is not self.redactor:
@@ -168,10 +178,24 @@ class CredHop:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_rules())
         except RuntimeError:  # no event loop (unit tests): reload by command only
             self._watcher = None
+        self._announce_store()
+
+    def _announce_store(self) -> None:
+        """A shared store is looked at once it is in use (after every option is in, so the line names the
+        right instance): one line says whether it answers and takes the fleet key."""
+        link = self.hops.link
+        if link is None:
+            return
+        try:
+            self._announcing = asyncio.get_running_loop().create_task(
+                announce_store(link, self.instance, bool(ctx.options.credhop_fingerprint_key)))
+        except RuntimeError:  # no event loop (unit tests)
+            self._announcing = None
 
     def done(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
+        for task in (self._watcher, self._announcing):
+            if task:
+                task.cancel()
         self.hops.flush_downloads(everything=True)
         log.info("credhop: %s", self.stats_line())
         if self.hoplog:
@@ -181,6 +205,7 @@ class CredHop:
             self.metrics.close()
             self.metrics = None
         self.hops.use_stores(MemoryStore(clock=self.clock), MemoryPending(clock=self.clock), None)
+        self._store_options = None
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self.filter)
             handler.removeFilter(self.not_for_add_log)

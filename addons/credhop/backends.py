@@ -3,6 +3,7 @@ proxies, docs/fleet.md), and a Prometheus endpoint. Each raises OptionsError bef
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from mitmproxy import exceptions
@@ -13,6 +14,8 @@ from .scrub import printable
 from .scrub import Redactor
 from .sinks import HopLogFile
 from .store import Clock, MemoryStore
+
+log = logging.getLogger("credhop")
 
 STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")  # redis_store.connect's
 
@@ -86,3 +89,28 @@ def make_metrics(listen: str) -> Any:
     except OSError as e:
         raise exceptions.OptionsError(f"credhop_metrics: cannot listen on {listen}: {e.strerror or e}") from None
     return metrics
+
+
+async def announce_store(link: Any, instance: str, fingerprint_key_set: bool) -> Any:
+    """The start line of a shared store, once the store was looked at (store_check.py): what answers and
+    whether the fleet key opens what the fleet wrote, or why it cannot be used; never only "shared" for a
+    store that does not answer. Returns the StoreReport."""
+    report = await link.look(write=True)
+    if not report.answers:
+        log.warning("credhop: shared store %s %s: this instance answers from its own grants and follow-ups, "
+                    "and shares them once the store answers (asked again every 0.5 s)", link.where, report.problem)
+    else:
+        _announce_answering(link, report, instance)
+    if not fingerprint_key_set:
+        log.warning("credhop: credhop_fingerprint_key is not set: each instance makes its own key, so "
+                    "fingerprints (swap and leak checks across instances) differ; give the fleet one file")
+    return report
+
+
+def _announce_answering(link: Any, report: Any, instance: str) -> None:
+    log.info("credhop: grants and follow-ups shared through %s (sealed, %d key(s)), as instance %s",
+             report.summary(), link.sealer.generations, instance)
+    if report.problem:
+        log.warning("credhop: shared store %s %s", link.where, report.problem)
+    for warning in report.warnings:
+        log.warning("credhop: shared store %s: %s", link.where, warning)

@@ -11,10 +11,11 @@ copied to; only mitmproxy flow files (see captures.py) and `credhop proxy` need 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 from .diagnosis import CATALOGUE, SEVERITIES, diagnose, kind_of
 from .html_report import render_html
@@ -78,17 +79,79 @@ def _parser() -> argparse.ArgumentParser:
                              "about 8 times its size in memory)")
     commands.add_parser("findings", help="list every finding code")
     check = commands.add_parser(
-        "check", help="validate rules files (for CI, before deploying them)",
+        "check", help="validate rules files (for CI, before deploying them), and a fleet's shared store",
         description="Validate credhop rules files exactly as the proxy loads them. Each invalid file gets "
-                    "one line, FILE:LINE:COLUMN: KEY: problem, on stderr; exit status 1 when any file is "
-                    "invalid (or, with --strict, has a warning), 0 otherwise.")
-    check.add_argument("rules", nargs="+", metavar="RULES.yaml", help="rules file(s) to check")
+                    "one line, FILE:LINE:COLUMN: KEY: problem, on stderr. With --store, connect to a fleet's "
+                    "Redis with its key and options and say what answers (kind, version, round trip, whether "
+                    "the key opens what the fleet wrote). Exit status 1 when any file is invalid (or, with "
+                    "--strict, has a warning) or the store cannot be used, 0 otherwise.")
+    check.add_argument("rules", nargs="*", metavar="RULES.yaml", help="rules file(s) to check")
     check.add_argument("--strict", action="store_true",
                        help="fail on warnings too (such as a rule injecting over plaintext http into any host)")
+    check.add_argument("--store", metavar="URL", help="a credhop_store URL to check (redis://, rediss://, "
+                       "unix://, redis+sentinel://)")
+    check.add_argument("--store-key", metavar="FILE", type=Path, help="the fleet's credhop_store_key file")
+    check.add_argument("--store-timeout", metavar="MS", type=_positive, default=200,
+                       help="each call's deadline, as credhop_store_timeout (default 200)")
     return parser
 
 
 def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if not args.rules and not args.store:
+        err.write("credhop check: give rules files, --store URL, or both\n")
+        return EXIT_USAGE
+    failed = _check_rules(args, out, err)
+    if args.store:
+        status = _check_store(args, out, err)
+        if status == EXIT_USAGE:
+            return status
+        failed = failed or status != EXIT_OK
+    return EXIT_FINDINGS if failed else EXIT_OK
+
+
+def _check_store(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """One line of facts on stdout; a problem as one line on stderr, exit 1."""
+    if not args.store_key:
+        err.write("credhop check: --store needs --store-key FILE, the fleet's credhop_store_key\n")
+        return EXIT_USAGE
+    try:
+        from .redis_store import StoreConfigError, connect, describe
+        from .sealing import KeyFileError, Sealer
+        from .store_check import check
+        import redis.asyncio  # noqa: F401
+    except ImportError as e:
+        err.write(f"credhop check: a Redis store needs the redis package ({e.name}): pip install 'credhop[fleet]'\n")
+        return EXIT_FINDINGS
+    where = describe(args.store)
+    try:
+        sealer = Sealer.from_file(args.store_key)
+        client = connect(args.store, args.store_timeout / 1000)
+    except (KeyFileError, StoreConfigError, ValueError, OSError) as e:
+        err.write(f"credhop check: {_line(e)}\n")
+        return EXIT_FINDINGS
+
+    async def look() -> Any:
+        try:
+            kind = "primary of a Sentinel service" if "sentinel" in args.store.partition(":")[0] else ""
+            return await check(client, sealer, where, args.store_timeout / 1000, kind)
+        finally:
+            try:
+                await client.aclose()
+            except Exception:  # closing what never connected
+                pass
+
+    report: Any = asyncio.run(look())
+    if report.answers:
+        out.write(f"{_line(report.summary())}\n")
+    for warning in report.warnings:
+        err.write(f"credhop check: {_line(where)}: {_line(warning)} (warning)\n")
+    if report.problem:
+        err.write(f"credhop check: {_line(where)} {_line(report.problem)}\n")
+        return EXIT_FINDINGS
+    return EXIT_OK
+
+
+def _check_rules(args: argparse.Namespace, out: TextIO, err: TextIO) -> bool:
     failed = False
     for path in args.rules:
         try:
@@ -102,7 +165,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         failed = failed or (args.strict and bool(rules.warnings))
         out.write(f"{scrub(path)}: {len(rules.rules)} rule(s), valid"
                   f"{f', {len(rules.warnings)} warning(s)' if rules.warnings else ''}\n")
-    return EXIT_FINDINGS if failed else EXIT_OK
+    return failed
 
 
 def _line(text: object) -> str:

@@ -582,15 +582,9 @@ class Hops:
         if stop:
             flow.response = http.Response.make(502, INTERNAL_ERROR, {"content-type": "text/plain; charset=utf-8"})
 
-    def use_stores(self, store: Any, pending: Any, link: Any, warn_fingerprints: bool = False) -> None:
+    def use_stores(self, store: Any, pending: Any, link: Any) -> None:
         old = self.link
         self.store, self.pending, self.link = store, pending, link
-        if link:
-            log.info("credhop: grants and follow-ups shared through %s (sealed, %d key(s)), as instance %s",
-                     link.where, link.sealer.generations, self.instance)
-            if warn_fingerprints:
-                log.warning("credhop: credhop_fingerprint_key is not set: each instance makes its own key, so "
-                            "fingerprints (swap and leak checks across instances) differ; give the fleet one file")
         if old is not None:
             try:
                 asyncio.get_running_loop().create_task(old.close())
@@ -605,10 +599,15 @@ class Hops:
         if self.metrics:
             self.metrics.store_error(op, cause)
 
+    @property
+    def store_up(self) -> bool:
+        """The store answers: read when /metrics is scraped (a gauge set once a second would read 1 for up
+        to a second of an outage)."""
+        return not (self.link and self.link.down) and not self.store_failing
+
     def refresh_metrics(self) -> None:
         if self.metrics:
-            self.metrics.refresh(len(self.store), len(self.pending),  # type: ignore[arg-type]
-                                 not (self.link and self.link.down) and not self.store_failing)
+            self.metrics.refresh(len(self.store), len(self.pending))  # type: ignore[arg-type]
 
     # -- records and per-flow state --------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .diagnosis import Chain
@@ -113,10 +113,13 @@ class Metrics:
     def store_error(self, op: str, cause: str) -> None:
         self.store_errors.labels(op, cause).inc()
 
-    def refresh(self, held: int, pending: int, store_up: bool) -> None:
+    def refresh(self, held: int, pending: int) -> None:
         self.held.set(held)
         self.pending.set(pending)
-        self.store_up.set(1 if store_up else 0)
+
+    def store_up_from(self, up: Callable[[], bool]) -> None:
+        """credhop_store_up is `up()` at each scrape."""
+        self.store_up.set_function(lambda: 1.0 if up() else 0.0)
 
     # -- /metrics -------------------------------------------------------------------------------
 

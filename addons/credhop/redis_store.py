@@ -26,11 +26,12 @@ from dataclasses import replace
 from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import presence
+from . import presence, store_check
 from .pending import ChainPosition, MemoryPending
 from .records import Action, Why
 from .sealing import Sealer, Unsealable
 from .store import Clock, Grant, MemoryStore, Refusal
+from .store_check import StoreReport
 from .urls import DEFAULT_PORTS, Origin
 
 log = logging.getLogger("credhop")
@@ -241,17 +242,32 @@ class RedisLink:
         cause = _cause(error)
         self.observer(op, seconds, cause)
         if self.down_since is None:
-            self.down_since = time.monotonic()
-            self.outages += 1
             detail = " ".join(str(error).split())[:200] or type(error).__name__
-            flapping = self._last_up is not None and self.down_since - self._last_up < QUIET_AFTER
+            flapping = self._last_up is not None and time.monotonic() - self._last_up < QUIET_AFTER
             log.log(logging.DEBUG if flapping else logging.WARNING,
                     "credhop: shared store %s unavailable (%s: %s, during %s); grants made here keep working "
                     "here, nothing waits on it until it answers", self.where, cause, detail, op)
-            try:
-                self._probe = asyncio.get_running_loop().create_task(self._wait_until_back())
-            except RuntimeError:
-                self.down_since = None  # no loop to probe from: the next call tries again
+            self._mark_down()
+
+    def _mark_down(self) -> None:
+        """Calls answer locally from now on, while a probe waits for Redis to answer again."""
+        self.down_since = time.monotonic()
+        self.outages += 1
+        try:
+            self._probe = asyncio.get_running_loop().create_task(self._wait_until_back())
+        except RuntimeError:
+            self.down_since = None  # no loop to probe from: the next call tries again
+
+    async def look(self, write: bool = True) -> StoreReport:
+        """What the store is and whether the fleet key opens its key check (store_check.py). At start a
+        store that does not answer is marked down at once, as after a failed call: nothing waits on it,
+        and credhop_store_up says so before the first request does."""
+        parts = urlsplit(self.url)
+        kind = f"primary of Sentinel service {parts.path.strip('/')}" if "sentinel" in parts.scheme else ""
+        report = await store_check.check(self.redis, self.sealer, self.where, self.timeout, kind, write)
+        if not report.answers and self.down_since is None:
+            self._mark_down()
+        return report
 
     async def _wait_until_back(self) -> None:
         await self._drop_connections()  # idle ones may point at a server that died: start afresh

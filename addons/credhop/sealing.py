@@ -107,6 +107,12 @@ class Sealer:
                     raise Unsealable("does not open: another key name, or tampered") from None
         raise Unsealable("sealed with a key this proxy does not have")
 
+    def generation_of(self, sealed: bytes) -> int | None:
+        """Which of this sealer's keys `sealed` names (0: the first, which seals), or None."""
+        key_id = sealed[1:1 + _ID]
+        return next((n for n, (candidate, _) in enumerate(self._aead) if hmac.compare_digest(candidate, key_id)),
+                    None)
+
 
 def _bytes(value: str | bytes) -> bytes:
     return value.encode() if isinstance(value, str) else value
