@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.harness import ENTRY_SCRIPT, Mitmdump, free_port
 from tests.e2e.test_fleet import need
+from tests.e2e.test_proxy import wait_for
 from tests.fixtures.fleet import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -42,23 +43,14 @@ def _gauge(port: int) -> float:
     return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("credhop_store_up "))
 
 
-def _until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_a_store_that_does_not_answer_is_said_at_start_once_and_reads_down(tmp_path, pki, launcher):
     metrics = free_port()
     options = {"credhop_store": "redis://127.0.0.1:1/0", "credhop_store_key": str(_key(tmp_path / "k")),
                "credhop_metrics": f"127.0.0.1:{metrics}"}
     with Mitmdump(tmp_path / "proxy", pki.ca_cert, options=options, command=LAUNCHERS[launcher]()) as proxy:
-        assert _until(lambda: _store_lines(proxy.output)), proxy.output
-        assert _until(lambda: _gauge(metrics) == 0.0, 3), "credhop_store_up read 1 for a store that never answered"
+        assert wait_for(lambda: _store_lines(proxy.output)), proxy.output
+        assert wait_for(lambda: _gauge(metrics) == 0.0, 3), "credhop_store_up read 1 for a store that never answered"
         time.sleep(0.5)  # a second line, if any, would come now
         lines = _store_lines(proxy.output)
     assert len(lines) == 1, proxy.output
@@ -72,7 +64,7 @@ def test_a_store_that_answers_is_said_once_with_the_instance_and_the_key_check(t
     with RedisServer(tmp_path / "redis") as redis:
         options = {"credhop_store": redis.url, "credhop_store_key": str(_key(tmp_path / "k"))}
         with Mitmdump(tmp_path / "a", pki.ca_cert, options=options, command=LAUNCHERS[launcher]()) as first:
-            assert _until(lambda: _store_lines(first.output)), first.output
+            assert wait_for(lambda: _store_lines(first.output)), first.output
             time.sleep(0.5)
         lines = _store_lines(first.output)
         assert len(lines) == 1, first.output
@@ -85,7 +77,7 @@ def test_a_store_that_answers_is_said_once_with_the_instance_and_the_key_check(t
         (tmp_path / "k2").write_text("ef" * 32 + "\n")
         (tmp_path / "k2").chmod(0o600)
         with Mitmdump(tmp_path / "b", pki.ca_cert, options=other, command=LAUNCHERS[launcher]()) as second:
-            assert _until(lambda: "sealed with a key this store key file does not have" in second.output), \
+            assert wait_for(lambda: "sealed with a key this store key file does not have" in second.output), \
                 second.output
         with Mitmdump(tmp_path / "c", pki.ca_cert, options=options, command=LAUNCHERS[launcher]()) as third:
-            assert _until(lambda: "the store key opens the fleet's key check" in third.output), third.output
+            assert wait_for(lambda: "the store key opens the fleet's key check" in third.output), third.output
