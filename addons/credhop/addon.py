@@ -174,6 +174,9 @@ class CredHop:
         warning = unredacted_warning(ctx.options, ctx.master)
         if warning:
             log.warning("credhop: %s", warning)
+        if not ctx.options.credhop_log:  # `credhop report` reads the hop log: say there is none
+            log.info("credhop: no hop log (credhop_log is empty), so `credhop report` will have nothing to read; "
+                     "--set credhop_log=credhop-hops.jsonl writes one")
         try:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_rules())
         except RuntimeError:  # no event loop (unit tests): reload by command only

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+from . import __version__
 from .diagnosis import CATALOGUE, SEVERITIES, diagnose, kind_of
 from .html_report import render_html
 from .replay import MAX_INPUT_MB, InputError, collect
@@ -46,6 +47,7 @@ def _positive(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="credhop",
                      description="Run the credhop proxy; explain credhop hop logs and captures of failed installs.")
+    parser.add_argument("--version", action="version", version=f"credhop {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     # listed for --help only: main() hands `proxy` and everything after it to mitmdump's own parser
     commands.add_parser(
@@ -78,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"refuse a file larger than this, unread (default {MAX_INPUT_MB}; a HAR takes "
                              "about 8 times its size in memory)")
     commands.add_parser("findings", help="list every finding code")
+    commands.add_parser(
+        "script", help="print the path of the mitmproxy entry script: mitmdump|mitmweb -s \"$(credhop script)\"",
+        description="Print the path of the installed mitmproxy entry script, for mitmproxy's own tools: "
+                    "mitmdump -s \"$(credhop script)\", mitmweb -s …, mitmproxy -s … (the console). "
+                    "`credhop proxy` is mitmdump with credhop built in and needs no script.")
     check = commands.add_parser(
         "check", help="validate rules files (for CI, before deploying them), and a fleet's shared store",
         description="Validate credhop rules files exactly as the proxy loads them. Each invalid file gets "
@@ -251,6 +258,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return EXIT_USAGE
     if args.command == "check":
         return _check(args, out, err)
+    if args.command == "script":
+        out.write(f"{Path(__file__).with_name('script.py')}\n")
+        return EXIT_OK
     if args.command == "findings":
         for kind in CATALOGUE:
             out.write(f"{kind.code}  {kind.severity:<7}  {kind.name:<34} {kind.title}\n")

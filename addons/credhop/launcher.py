@@ -8,15 +8,16 @@ checked by mitmproxy's own option parser and `--options`/`--help` list them.
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from mitmproxy import exceptions, hooks
+from mitmproxy import exceptions, hooks, options
 from mitmproxy.addons.script import ScriptLoader
 from mitmproxy.tools import cmdline, dump, main
 
 from .addon import CredHop
-from .options import deferred_problem
+from .options import OPTIONS, deferred_problem
 
 PROG = "credhop proxy"
 
@@ -74,7 +75,24 @@ def _filter_options(args: Any) -> dict[str, str]:
     return {}
 
 
+def credhop_help() -> str:
+    """credhop's own options, for `credhop proxy --help`, before mitmdump's (which lists none of them)."""
+    lines = [f"usage: {PROG} [mitmdump options] [--set credhop_OPTION=VALUE …]", "",
+             "mitmdump with credhop built in. credhop's options (--set NAME=VALUE, or config.yaml):", ""]
+    for option in OPTIONS:
+        values = "|".join(option.choices) if option.choices else option.type.__name__
+        default = f" (default: {option.default})" if option.default not in ("", None) else ""
+        lines.append(f"  {option.name}={values}{default}")
+        lines += [f"      {line}" for line in textwrap.wrap(option.help, 90)]
+    lines += ["", "Reference: README.md (Options) and docs/fleet.md. mitmdump's own options follow.", ""]
+    return "\n".join(lines) + "\n"
+
+
 def run_proxy(argv: Sequence[str]) -> int:
     """Run until shut down; mitmproxy itself exits 1 (via SystemExit) on bad arguments or options."""
+    if "-h" in argv or "--help" in argv:  # mitmproxy turns argparse's exit 0 after --help into 1
+        sys.stdout.write(credhop_help())
+        _parser(options.Options()).print_help()
+        return 0
     main.run(CredHopDumpMaster, _parser, list(argv), _filter_options)
     return 0

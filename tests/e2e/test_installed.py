@@ -99,3 +99,25 @@ def test_installed_credhop_proxy_refuses_a_bad_option(installed_credhop, tmp_pat
     assert proxy.returncode == 1
     assert len(proxy.stderr.splitlines()) == 1 and "credhop_ttl" in proxy.stderr, proxy.stderr
     assert "listening" not in proxy.stdout + proxy.stderr
+
+
+def test_installed_entry_script_loads_into_mitmdump_and_serves_uv_0_5_25(installed_credhop, registry_factory,
+                                                                         tmp_path, forms):
+    # mitmdump -s …/site-packages/credhop/addon.py failed with "No module named '__mitmproxy_script__'":
+    # the installed package's entry script is what `credhop script` prints
+    venv = installed_credhop
+    script = Path(_checked(run([str(venv / "bin" / "credhop"), "script"], clean_env(tmp_path / "home"), tmp_path),
+                           "credhop script").stdout.strip())
+    assert script.is_relative_to(venv) and script.name == "script.py"
+    registry = registry_factory("https", 404)
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    with Mitmdump(tmp_path / "proxy", registry.test_ca, command=[str(venv / "bin" / "mitmdump"), "-s", str(script)],
+                  cwd=empty) as proxy:
+        result = uv_install(tool("CREDHOP_UV_OLD", "uv-0.5.25"), registry, tmp_path / "client",
+                            proxy_env(proxy.url, proxy.ca_cert))
+    assert result.returncode == 0, result.output[-2000:]
+    assert installed(tmp_path / "client", registry)
+    assert f"from {script.parent / 'rules.yaml'}" in proxy.output
+    assert any(r["event"] == "inject" for r in proxy.records())
+    assert_no_leak(proxy.output, forms, "mitmdump -s output")
