@@ -12,11 +12,16 @@ import sys
 from pathlib import Path
 
 try:
-    from credhop.addon import CredHop
-except ImportError as e:
-    if e.name != "credhop":
-        raise
-    sys.path.append(str(Path(__file__).resolve().parents[1]))
-    from credhop.addon import CredHop
+    try:
+        from credhop.addon import CredHop
+    except ImportError as e:
+        if e.name != "credhop":
+            raise
+        sys.path.append(str(Path(__file__).resolve().parents[1]))
+        from credhop.addon import CredHop
+except ImportError as e:  # such as a standalone mitmproxy binary, whose bundled Python lacks ada_url
+    raise ImportError(f"credhop needs {e.name}, which the Python running mitmproxy ({sys.executable}) does not "
+                      "have: run mitmproxy from the environment credhop is installed in (pip install mitmproxy "
+                      "credhop), or use `credhop proxy`", name=e.name) from None
 
 addons = [CredHop()]

@@ -44,3 +44,15 @@ def test_proxy_help_lists_credhops_options_first_then_mitmdumps_and_exits_0():
         assert f"  {option.name}=" in text
     assert text.index("credhop_store=") < text.index("--listen-port")  # mitmdump's own help follows
     assert "credhop_plain_redirects=failed|record|count (default: failed)" in text
+
+
+def test_the_entry_script_names_a_missing_dependency_in_one_sentence(tmp_path):
+    # as a standalone mitmproxy binary's bundled Python, which lacks credhop's dependencies
+    out = io.StringIO()
+    main(["script"], out=out)
+    probe = ("import importlib.util, sys; sys.modules['ada_url'] = None; spec = importlib.util.spec_from_file_location("
+             f"'__mitmproxy_script__.s', {out.getvalue().strip()!r}); m = importlib.util.module_from_spec(spec)\n"
+             "try:\n    spec.loader.exec_module(m)\nexcept ImportError as e:\n    print(e)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("credhop needs ada_url, which the Python running mitmproxy"), result
+    assert "pip install mitmproxy credhop" in result.stdout and "credhop proxy" in result.stdout
