@@ -186,6 +186,8 @@ class CredHop:
     def _announce_store(self) -> None:
         """A shared store is looked at once it is in use (after every option is in, so the line names the
         right instance): one line says whether it answers and takes the fleet key."""
+        if self._announcing:  # a look at the store replaced meanwhile would report on a closed link
+            self._announcing.cancel()
         link = self.hops.link
         if link is None:
             return

@@ -14,7 +14,7 @@ import re
 from urllib.parse import urlsplit
 
 from .diagnosis import REUSE_SHOWN, Chain, Finding, Hop
-from .report import VERDICT_MARK, credential_text, totals_line
+from .report import VERDICT_MARK, credential_text, hint_label, totals_line
 from .scrub import printable, scrub
 
 LANE_W, ROW_H, HEAD_H, CODES_W, PAD = 250, 78, 64, 110, 16
@@ -159,8 +159,10 @@ class _Diagram:
             answer = f"{status}" if status is not None else f"failed: {hop.error}"
             if hop.redirect:
                 answer += f" → {hop.location or '(no Location)'}"
+            # cut to the room there is; the whole answer (a long Location) shows on hovering it
             g.append(f'<line class="response {cls}" x1="{x1}" y1="{y + 46}" x2="{x0 + 2}" y2="{y + 46}" '
-                     f'{self.arrow}/><text x="{x0 + 8}" y="{y + 62}">{_e(_short(answer, room + 8))}</text>')
+                     f'{self.arrow}/><text class="answer" x="{x0 + 8}" y="{y + 62}"><title>{_e(answer)}</title>'
+                     f'{_e(_short(answer, room + 8))}</text>')
         if hop.redirect and hop.fingerprint:
             text = f"credential in Location: {hop.user or '(token)'}"
             w = 6.6 * len(text) + 12
@@ -190,7 +192,7 @@ def _finding_item(f: Finding) -> str:
     where = f" · hop {f.hop}" if f.hop is not None else ""
     return (f'<li class="finding sev-{f.severity}" data-code="{f.code}">'
             f'<span class="pill p-{f.severity}">{f.severity}</span><code>{f.code}</code> <b>{_e(f.name)}</b>'
-            f'{where}<br>{_e(f.message)}<div class="fix">fix: {_e(f.hint)}</div></li>')
+            f'{where}<br>{_e(f.message)}<div class="fix">{hint_label(f)}: {_e(f.hint)}</div></li>')
 
 
 def _chain_section(chain: Chain) -> str:

@@ -29,6 +29,11 @@ _JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2
                           r"\ud800-\udfff]")
 
 
+
+def hint_label(f: Finding) -> str:
+    """'fix' for a problem; an info finding (what happened, such as a credential moved) gets a 'note'."""
+    return "note" if f.severity == "info" else "fix"
+
 def _s(value: Any) -> str:
     return printable(scrub(str(value)))
 
@@ -183,7 +188,7 @@ def _chain_text(chain: Chain, paint: _Paint) -> list[str]:
         where = f" (hop {f.hop})" if f.hop is not None else ""
         label = f"{paint(f.severity.ljust(7), f.severity)} {paint(f.code, f.severity)} {f.name}{where}"
         lines.append(f"  {label}: {_s(f.message)}")
-        lines.append(f"          {paint('fix:', 'dim')} {_s(f.hint)}")
+        lines.append(f"          {paint(hint_label(f) + ':', 'dim')} {_s(f.hint)}")
     return lines
 
 
@@ -233,7 +238,7 @@ def render_markdown(chains: list[Chain], malformed: list[int] | None = None) -> 
         for f in chain.findings:
             where = f" (hop {f.hop})" if f.hop is not None else ""
             out.append(f"- **{f.severity}** `{f.code}` {f.name}{where}: {_cell(f.message)}  ")
-            out.append(f"  *Fix:* {_cell(f.hint)}")
+            out.append(f"  *{hint_label(f).capitalize()}:* {_cell(f.hint)}")
         out.append("")
     return scrub("\n".join(out).rstrip() + "\n")
 

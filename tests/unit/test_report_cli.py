@@ -320,3 +320,22 @@ def test_report_merges_the_logs_of_several_instances_into_the_same_chains(tmp_pa
     assert doc["malformed_lines"] == [len(first) + 1]  # numbered on from the first file's lines
     code_a, out_a, _ = cli("report", "--format", "json", str(a))
     assert json.loads(out_a)["summary"]["ok"] == 0  # one instance's half of the chain alone is not ok
+
+
+def test_html_shows_a_cut_answer_whole_on_hover_and_an_ok_chains_hint_is_a_note_not_a_fix():
+    log = Log()
+    long_path = "/simple/" + "a-very-long-package-name-" * 8 + "/"
+    log.redirect(0, "https://redirector.example/simple/", f"https://registry.example{long_path}")
+    log.response(1, f"https://registry.example{long_path}", 404)
+    page = render_html(diagnose(log.records), malformed=[], source="hops.jsonl")
+    answers = re.findall(r'<text class="answer"[^>]*><title>([^<]*)</title>([^<]*)</text>', page)
+    redirect = next(a for a in answers if a[0].startswith("302"))
+    assert redirect[1].endswith("…") and len(redirect[1]) < len(redirect[0])  # cut where it is drawn
+    assert long_path in redirect[0]  # whole in its tooltip
+    ok = diagnose(injected_ok().records)
+    assert ok[0].verdict == "ok" and ok[0].findings and all(f.severity == "info" for f in ok[0].findings)
+    page = render_html(ok, malformed=[], source="hops.jsonl")
+    assert '<div class="fix">note: ' in page and '<div class="fix">fix: ' not in page
+    text = render_text(ok, color=False)
+    assert "note: " in text and "fix: " not in text
+    assert "*Note:*" in render_markdown(ok, []) and "fix:" in render_text(diagnose(lost_observe().records), color=False)
