@@ -202,6 +202,7 @@ class CredHop:
             if task:
                 task.cancel()
         self.hops.flush_downloads(everything=True)
+        self.recent.judge_due(everything=True)
         log.info("credhop: %s", self.stats_line())
         if self.hoplog:
             self.hoplog.close()
@@ -302,6 +303,7 @@ class CredHop:
             await asyncio.sleep(RELOAD_INTERVAL)
             self._refresh_metrics()
             self.hops.flush_downloads()
+            self.recent.judge_due()
             path = ctx.options.credhop_rules
             stamp = stamp_of(path) if path else None
             if path and stamp != self._rules_stamp:

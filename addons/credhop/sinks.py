@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Protocol, TextIO
@@ -185,17 +186,25 @@ class EventLog:
         pass
 
 
+# seconds a follow-up's 401 waits for the client to ask again with credentials (pip does, at once)
+# before its chain is judged: curl, uv and most clients never ask again, and their chain ends there
+RETRY_GRACE = 1.0
+
+
 class RecentChains:
     """The last chains' records, for `credhop.report`; each chain is diagnosed once, when it ends,
     and a chain that ended badly gets one warning line."""
 
     def __init__(self, on_failed: Callable[[Chain], None], max_chains: int = 1_000,
-                 max_records: int = 200, on_judged: Callable[[Chain], None] | None = None) -> None:
+                 max_records: int = 200, on_judged: Callable[[Chain], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.on_failed = on_failed
         self.on_judged = on_judged  # every judged chain (metrics count verdicts)
         self.max_chains, self.max_records = max_chains, max_records
+        self.clock = clock
         self._chains: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._failed: set[str] = set()
+        self._awaiting: OrderedDict[str, float] = OrderedDict()  # chain -> when its follow-up got a 401
         self.diagnosed = 0  # how often a chain was diagnosed: the cost this class keeps low
         self.cleared = 0  # chains that ended well by a look at their records, without a diagnosis
 
@@ -207,15 +216,21 @@ class RecentChains:
             while len(self._chains) > self.max_chains:
                 chain, _ = self._chains.popitem(last=False)
                 self._failed.discard(chain)
+                self._awaiting.pop(chain, None)
         if len(records) < self.max_records:
             records.append(data)
         if self._ends(record):
             self._judge(record.chain)
+        elif self._may_end(record):
+            self._awaiting[record.chain] = self.clock()
+            self._awaiting.move_to_end(record.chain)
+        if self._awaiting:
+            self.judge_due()
 
     @staticmethod
     def _ends(record: Record) -> bool:
         """A follow-up's final answer ends its chain; a later download only when it fails.
-        A 401 is not the end: clients such as pip ask again, with credentials."""
+        A 401 ends it only when no retry comes (`_may_end`): clients such as pip ask again, with credentials."""
         if record.event is Event.ERROR:
             return record.hop > 0
         if not isinstance(record, ResponseRecord):
@@ -224,7 +239,24 @@ class RecentChains:
             return record.status >= 400
         return record.status != 401 or record.retry
 
+    @staticmethod
+    def _may_end(record: Record) -> bool:
+        return isinstance(record, ResponseRecord) and not record.reuse and record.status == 401 and not record.retry
+
+    def judge_due(self, everything: bool = False) -> None:
+        """Judge the chains whose 401 had no retry within RETRY_GRACE (all of them at shutdown). Called
+        with each record and once a second, so a 401 chain is judged within about two seconds."""
+        now = self.clock()
+        while self._awaiting:
+            chain, since = next(iter(self._awaiting.items()))
+            if not everything and now - since < RETRY_GRACE:
+                return
+            del self._awaiting[chain]
+            if chain in self._chains:
+                self._judge(chain)
+
     def _judge(self, chain_id: str) -> None:
+        self._awaiting.pop(chain_id, None)  # a retry came: judged now
         if chain_id in self._failed:
             return
         records = self._chains[chain_id]

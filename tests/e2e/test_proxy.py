@@ -160,3 +160,23 @@ def test_redirect_bodies_never_carry_the_secret_streamed_or_not(registry_factory
         assert "HTTP/1.1 302" in result.stdout and result.stdout.count("Redirecting to") == 50
         assert f'href="https://127.0.0.2:{registry.index.port}/pypi/python/simple/credhop-demo-pkg/"' in result.stdout
     assert_no_leak(result.output + proxy.output, forms, "curl and mitmdump output")
+
+
+@pytest.mark.parametrize("client", ["curl", "uv-0.5.25"])
+def test_a_chain_ending_in_401_is_warned_about_live_and_counted(registry_factory, tmp_path, client):
+    # observe mode changes nothing, so the client's follow-up without the credential gets the registry's 401;
+    # curl and uv never ask again: the chain is judged once no retry came (before, only `credhop report` said so)
+    registry = registry_factory("https", 401)
+    with Mitmdump(tmp_path / "proxy", registry.test_ca, options={"credhop_observe": "true"}) as proxy:
+        if client == "curl":
+            result = curl_fetch(registry, tmp_path / "client", proxy)
+        else:
+            result = CLIENTS[client](registry, tmp_path / "client", proxy)
+        assert result.returncode != 0
+        ended = time.monotonic()
+        assert wait_for(lambda: " failed: CH101 " in proxy.output, 5), proxy.output[-3000:]
+        noticed = time.monotonic() - ended
+    warnings = [line for line in proxy.output.splitlines() if " failed: CH101 " in line]
+    assert len(warnings) == 1, proxy.output[-3000:]
+    assert "chains_failed=1" in proxy.output  # the stats line at shutdown
+    assert noticed < 3.5  # within the retry grace and the once-a-second look

@@ -10,14 +10,14 @@ import pytest
 from credhop.diagnosis import diagnose, parse_records
 from credhop.records import Action, ErrorRecord, Event, InjectRecord, RedirectRecord, ResponseRecord, Why
 from credhop.scrub import Redactor
-from credhop.sinks import COUNTERS, Counters, EventLog, HopLogFile, RecentChains, level_of
+from credhop.sinks import COUNTERS, RETRY_GRACE, Counters, EventLog, HopLogFile, RecentChains, level_of
 
 BASE = dict(ts=1.5, client="10.0.0.5", chain="c1", hop=0, flow="f", method="GET",
             url="https://redirector.example/simple/pkg/")
 
 
 def redirect(**kw) -> RedirectRecord:
-    return RedirectRecord(**{**BASE, **kw}) if "status" in kw else RedirectRecord(**BASE, status=302, **kw)
+    return RedirectRecord(**{**BASE, "status": 302, **kw})
 
 
 def test_codes_are_plain_strings_on_the_wire():
@@ -107,6 +107,41 @@ def test_a_chain_is_judged_when_it_ends_and_warned_about_once():
     recent.emit(ResponseRecord(**{**follow, "reuse": True}, status=403))  # already failed: no second warning
     assert len(failed) == 1 and recent.diagnosed == 1
     assert {r["event"] for r in recent.records()} == {Event.REDIRECT, Event.RESPONSE}
+
+
+def test_a_401_without_a_retry_ends_its_chain_after_the_grace_and_with_a_retry_not_twice():
+    # curl and uv never ask again after a 401: their chain is judged once RETRY_GRACE has passed
+    now = [100.0]
+    failed, judged = [], []
+    recent = RecentChains(failed.append, clock=lambda: now[0], on_judged=judged.append)
+    follow = {**BASE, "hop": 1, "url": "https://registry.example/"}
+    for chain in ("curl", "pip"):
+        recent.emit(redirect(chain=chain, action=Action.KEEP, fingerprint="hm:1", rule=None, why=Why.NO_RULE,
+                             location="https://aws:***@registry.example/", target="https://registry.example"))
+        recent.emit(ResponseRecord(**{**follow, "chain": chain, "flow": f"{chain}-1"}, status=401))
+    now[0] += RETRY_GRACE / 2
+    recent.judge_due()
+    assert failed == [] and judged == []  # pip may still ask again
+    recent.emit(ResponseRecord(**{**follow, "chain": "pip", "flow": "pip-2", "retry": True}, status=200))
+    assert [c.id for c in judged] == ["pip"] and failed == []  # its retry with credentials worked
+    now[0] += RETRY_GRACE
+    recent.judge_due()
+    assert [c.id for c in failed] == ["curl"] and failed[0].verdict == "failed"
+    assert [c.id for c in judged] == ["pip", "curl"]
+    recent.judge_due(everything=True)  # nothing left to judge twice
+    assert len(judged) == 2
+
+
+def test_every_awaited_401_chain_is_judged_at_shutdown():
+    failed = []
+    recent = RecentChains(failed.append, clock=lambda: 0.0)
+    recent.emit(redirect(action=Action.KEEP, fingerprint="hm:1", rule=None, why=Why.NO_RULE,
+                         location="https://aws:***@registry.example/", target="https://registry.example"))
+    recent.emit(ResponseRecord(**{**BASE, "hop": 1, "flow": "g", "url": "https://registry.example/"}, status=401))
+    recent.judge_due()
+    assert failed == []
+    recent.judge_due(everything=True)
+    assert len(failed) == 1
 
 
 def test_the_redactor_masks_new_secrets_at_once_and_compiles_in_batches():
