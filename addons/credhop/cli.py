@@ -122,30 +122,25 @@ def _check_store(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write("credhop check: --store needs --store-key FILE, the fleet's credhop_store_key\n")
         return EXIT_USAGE
     try:
-        from .redis_store import StoreConfigError, connect, describe
-        from .sealing import KeyFileError, Sealer
-        from .store_check import check
         import redis.asyncio  # noqa: F401
+
+        from .redis_store import RedisLink, StoreConfigError, describe
+        from .sealing import KeyFileError, Sealer
     except ImportError as e:
         err.write(f"credhop check: a Redis store needs the redis package ({e.name}): pip install 'credhop[fleet]'\n")
         return EXIT_FINDINGS
     where = describe(args.store)
     try:
-        sealer = Sealer.from_file(args.store_key)
-        client = connect(args.store, args.store_timeout / 1000)
+        link = RedisLink(args.store, Sealer.from_file(args.store_key), args.store_timeout / 1000)
     except (KeyFileError, StoreConfigError, ValueError, OSError) as e:
         err.write(f"credhop check: {_line(e)}\n")
         return EXIT_FINDINGS
 
     async def look() -> Any:
         try:
-            kind = "primary of a Sentinel service" if "sentinel" in args.store.partition(":")[0] else ""
-            return await check(client, sealer, where, args.store_timeout / 1000, kind)
+            return await link.look(write=False)  # as the proxy looks at start, but only reading
         finally:
-            try:
-                await client.aclose()
-            except Exception:  # closing what never connected
-                pass
+            await link.close()
 
     report: Any = asyncio.run(look())
     if report.answers:

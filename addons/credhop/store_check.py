@@ -42,22 +42,13 @@ class StoreReport:
     def summary(self) -> str:
         """What answers, in one line (`credhop check --store` prints it)."""
         facts = [self.kind, f"Redis {self.version}" if self.version else "",
-                 f"round trip {self.round_trip_ms:.2f} ms" if self.answers else "", self.key]
+                 f"round trip {self.round_trip_ms or 0:.2f} ms", self.key]
         return f"{self.where}: answers; " + "; ".join(f for f in facts if f)
 
 
-def _info(text: Any) -> dict[str, str]:
-    """INFO's reply as a dict: redis-py parses it already; a raw reply is parsed here."""
-    if isinstance(text, dict):
-        return {str(k): str(v) for k, v in text.items()}
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    out = {}
-    for line in str(text).splitlines():
-        name, sep, value = line.partition(":")
-        if sep and not line.startswith("#"):
-            out[name.strip()] = value.strip()
-    return out
+def _info(reply: Any) -> dict[str, str]:
+    """INFO's reply (redis-py parses it into a dict) with its values as text."""
+    return {str(k): str(v) for k, v in dict(reply).items()}
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -68,7 +59,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def cause_of(error: BaseException) -> str:
-    """The error's kind and first line, without the arguments a client library may echo."""
+    """The error's kind and its text on one line (redis-py's texts name host and port, never a password)."""
     detail = " ".join(str(error).split())[:160]
     name = type(error).__name__
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)) or name == "TimeoutError":

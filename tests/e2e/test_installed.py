@@ -62,6 +62,18 @@ def installed_credhop(tmp_path_factory) -> Path:
     return venv
 
 
+def _uv_through(registry, tmp_path: Path, command: list[str]) -> tuple[Mitmdump, Result]:
+    """uv 0.5.25 installs from `registry` through the proxy `command` starts in an empty directory."""
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    with Mitmdump(tmp_path / "proxy", registry.test_ca, command=command, cwd=empty) as proxy:
+        result = uv_install(tool("CREDHOP_UV_OLD", "uv-0.5.25"), registry, tmp_path / "client",
+                            proxy_env(proxy.url, proxy.ca_cert))
+    assert result.returncode == 0, result.output[-2000:]
+    assert installed(tmp_path / "client", registry)
+    return proxy, result
+
+
 def test_installed_credhop_proxy_serves_uv_0_5_25(installed_credhop, registry_factory, tmp_path, token, forms):
     venv = installed_credhop
     where = run([str(venv / "bin" / "python"), "-c", "import credhop, mitmproxy; print(credhop.__file__)"],
@@ -70,14 +82,7 @@ def test_installed_credhop_proxy_serves_uv_0_5_25(installed_credhop, registry_fa
     assert package.is_relative_to(venv) and not package.is_relative_to(REPO)  # nothing from the checkout
 
     registry = registry_factory("https", 404)
-    empty = tmp_path / "cwd"
-    empty.mkdir()
-    with Mitmdump(tmp_path / "proxy", registry.test_ca, command=[str(venv / "bin" / "credhop"), "proxy"],
-                  cwd=empty) as proxy:
-        result = uv_install(tool("CREDHOP_UV_OLD", "uv-0.5.25"), registry, tmp_path / "client",
-                            proxy_env(proxy.url, proxy.ca_cert))
-    assert result.returncode == 0, result.output[-2000:]
-    assert installed(tmp_path / "client", registry)
+    proxy, result = _uv_through(registry, tmp_path, [str(venv / "bin" / "credhop"), "proxy"])
     # the packaged rules were found and used: no --set credhop_rules was given
     assert f"from {package / 'rules.yaml'}" in proxy.output
     index_requests = registry.index.requests
@@ -110,14 +115,7 @@ def test_installed_entry_script_loads_into_mitmdump_and_serves_uv_0_5_25(install
                            "credhop script").stdout.strip())
     assert script.is_relative_to(venv) and script.name == "script.py"
     registry = registry_factory("https", 404)
-    empty = tmp_path / "cwd"
-    empty.mkdir()
-    with Mitmdump(tmp_path / "proxy", registry.test_ca, command=[str(venv / "bin" / "mitmdump"), "-s", str(script)],
-                  cwd=empty) as proxy:
-        result = uv_install(tool("CREDHOP_UV_OLD", "uv-0.5.25"), registry, tmp_path / "client",
-                            proxy_env(proxy.url, proxy.ca_cert))
-    assert result.returncode == 0, result.output[-2000:]
-    assert installed(tmp_path / "client", registry)
+    proxy, result = _uv_through(registry, tmp_path, [str(venv / "bin" / "mitmdump"), "-s", str(script)])
     assert f"from {script.parent / 'rules.yaml'}" in proxy.output
     assert any(r["event"] == "inject" for r in proxy.records())
     assert_no_leak(proxy.output, forms, "mitmdump -s output")

@@ -77,16 +77,21 @@ def test_a_garbage_or_wrong_type_key_check_is_a_problem_not_a_crash(redis):
 
 def test_a_replica_and_a_cluster_node_are_refused(redis, tmp_path):
     binary = find("redis-server", "CREDHOP_REDIS_SERVER")
-    replica_port, cluster_port = free_port(), free_port()
-    procs = [subprocess.Popen([binary, "--port", str(replica_port), "--bind", "127.0.0.1", "--save", "",
-                               "--replicaof", "127.0.0.1", str(redis.port)], stdout=subprocess.DEVNULL),
-             subprocess.Popen([binary, "--port", str(cluster_port), "--bind", "127.0.0.1", "--save", "",
-                               "--cluster-enabled", "yes", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)]
+    replica_port = free_port()
+    cluster_port = next(p for p in iter(free_port, None) if p not in (replica_port, redis.port) and p < 55536)
+    argvs = [["--port", str(replica_port), "--replicaof", "127.0.0.1", str(redis.port)],
+             ["--port", str(cluster_port), "--cluster-enabled", "yes"]]
+    procs = []
+    for n, argv in enumerate(argvs):  # each in its own folder: a cluster node writes nodes.conf there
+        (tmp_path / str(n)).mkdir()
+        procs.append(subprocess.Popen([binary, "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path / str(n)),
+                                       *argv], stdout=(tmp_path / f"{n}.out").open("wb"), stderr=subprocess.STDOUT))
     try:
-        for port in (replica_port, cluster_port):
+        for n, port in enumerate((replica_port, cluster_port)):
             deadline = time.monotonic() + 10
-            while look(f"redis://127.0.0.1:{port}/0", write=False)[0].answers is False:
-                assert time.monotonic() < deadline
+            while not look(f"redis://127.0.0.1:{port}/0", write=False)[0].answers:
+                output = (tmp_path / f"{n}.out").read_text(errors="replace")
+                assert procs[n].poll() is None and time.monotonic() < deadline, output[-2000:]
                 time.sleep(0.05)
         replica = look(f"redis://127.0.0.1:{replica_port}/0", write=False)[0]
         assert replica.kind == "replica" and "refuses writes" in replica.problem, replica
