@@ -19,12 +19,13 @@ from typing import Any, NoReturn
 from mitmproxy import command, ctx, exceptions, http
 
 from . import exposure
-from .backends import announce_store, make_hoplog, make_metrics, make_stores
+from .backends import announce_store, make_hoplog, make_operator, make_stores, read_operator_token
+from .chains_page import ChainsPage
 from .credentials import Fingerprinter
 from .decide import REDIRECTS
 from .diagnosis import Chain, diagnose
 from .hop import Hops
-from .options import check_values, declare, deferred_problem, fingerprint_key, secret_headers_of
+from .options import check_values, declare, deferred_problem, fingerprint_key, secret_headers_of, ui_peers_of
 from .output import redact_dumper, unredact_dumper, unredacted_warning
 from .pending import MemoryPending
 from .report import render_text, summary_line
@@ -81,6 +82,10 @@ class CredHop:
         self._watcher: asyncio.Task[None] | None = None
         self._announcing: asyncio.Task[Any] | None = None
         self._store_options: tuple[Any, ...] | None = None
+        self.operator: Any = None  # backends.Operator while credhop_metrics is set
+        self._listen: str | None = None  # the credhop_metrics it listens on
+        self.ui_peers: tuple[str, ...] = ()
+        self._operator_port = -1  # its port, checked first on every request: cheaper than a host check
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -126,14 +131,17 @@ class CredHop:
             stores = make_stores(opts, self.clock, self.hops.store_event)
         redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
         hoplog = make_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
-        metrics = self.metrics
-        if "credhop_metrics" in updated:  # last: it starts a server, and nothing after it can fail
-            try:
-                metrics = make_metrics(opts.credhop_metrics)
-            except exceptions.OptionsError:
-                if hoplog and hoplog is not self.hoplog:
-                    hoplog.close()
-                raise
+        peers = ui_peers_of(opts) if "credhop_ui_peers" in updated else self.ui_peers
+        operator, token = self.operator, KEEP
+        try:
+            if opts.credhop_metrics != (self._listen or ""):  # by value, as the stores: a port binds once
+                operator = make_operator(opts.credhop_metrics, opts.credhop_operator_token)  # last: it binds
+            elif "credhop_operator_token" in updated and operator:
+                token = read_operator_token(opts.credhop_operator_token)
+        except exceptions.OptionsError:
+            if hoplog and hoplog is not self.hoplog:
+                hoplog.close()
+            raise
 
         if fingerprint is not self.fingerprint:
             self.hops.injected.clear()
@@ -146,14 +154,24 @@ class CredHop:
             self._store_options = store_options
             if self._running:
                 self._announce_store()
-        if metrics is not self.metrics:
-            if self.metrics:
-                self.metrics.close()
-            self.metrics = metrics
-            if metrics:
+        self.ui_peers = peers
+        if operator is not self.operator:
+            if self.operator:
+                self.operator.close()
+            self.operator, self._listen = operator, opts.credhop_metrics
+            self._operator_port = operator.listener.port if operator else -1
+            self.metrics = metrics = operator.metrics if operator else None
+            if operator:
                 metrics.store_up_from(lambda: self.hops.store_up)
-            # every verdict is counted only with metrics on; else a chain that cannot fail is not diagnosed
-            self.recent.on_judged = self._chain_judged if metrics else None
+                operator.serve(ChainsPage(self.recent.snapshot, lambda: self.recent.version,
+                                          lambda: self.redactor, lambda: self.instance, lambda: self.ui_peers,
+                                          operator.listener.closing))
+        elif token is not KEEP:
+            operator.listener.token = token
+        if self.metrics:
+            self.metrics.bound(opts.credhop_max_credentials)
+        # every verdict is counted only with metrics on; else a chain that cannot fail is not diagnosed
+        self.recent.on_judged = self._chain_judged if self.metrics else None
         if redactor is not self.redactor:
             redactor.remember(self.redactor.known())
             self.redactor = self.filter.redactor = redactor
@@ -207,9 +225,10 @@ class CredHop:
         if self.hoplog:
             self.hoplog.close()
             self.hoplog = None
-        if self.metrics:
-            self.metrics.close()
-            self.metrics = None
+        if self.operator:
+            self.operator.close()
+            self.operator = self.metrics = self._listen = None
+            self._operator_port = -1
         self.hops.use_stores(MemoryStore(clock=self.clock), MemoryPending(clock=self.clock), None)
         self._store_options = None
         for handler in logging.getLogger().handlers:
@@ -234,6 +253,11 @@ class CredHop:
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live or flow.is_replay == "request":
+            return None
+        if flow.request.port == self._operator_port and self.operator.reached_by(flow.request.host):
+            flow.response = http.Response.make(403, OPERATOR_REFUSED, {"content-type": "text/plain; charset=utf-8"})
+            log.warning("credhop: refused a request through the proxy to the operator listener (from %s)",
+                        flow.client_conn.peername[0] if flow.client_conn.peername else "?")
             return None
         return self.hops.requestheaders(flow)
 
@@ -278,6 +302,8 @@ class CredHop:
 
     def _reload_failed(self, error: RulesError) -> None:
         self.counters.add("rules_reload_failed")
+        if self.metrics:
+            self.metrics.reload_failed()
         log.error("credhop: rules not reloaded, keeping the previous %d rule(s): %s", len(self.rules.rules), error)
 
     @command.command("credhop.report")
@@ -319,6 +345,10 @@ class CredHop:
                 except Exception:  # never let the watcher die: reloads would stop silently
                     log.error("credhop: unexpected error reloading %s; keeping the previous rules", path)
                 self._rules_stamp = stamp  # a broken file is reported once per edit
+
+
+OPERATOR_REFUSED = b"credhop: the operator listener (metrics, live chains) is not served through the proxy\n"
+KEEP = object()  # configure(): this value does not change
 
 
 def _exit_at_start(message: str) -> NoReturn:

@@ -4,11 +4,13 @@ proxies, docs/fleet.md), and a Prometheus endpoint. Each raises OptionsError bef
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any, Callable
 
 from mitmproxy import exceptions
 
-from .metrics import parse_listen
+from .exposure import is_loopback
+from .operator_listener import OperatorListener, TokenError, parse_listen, read_token
 from .pending import MemoryPending
 from .scrub import printable
 from .scrub import Redactor
@@ -69,14 +71,50 @@ def make_hoplog(path: str, redactor: Redactor) -> HopLogFile | None:
         raise exceptions.OptionsError(f"credhop_log: cannot open {path}: {e.strerror}") from None
 
 
-def make_metrics(listen: str) -> Any:
-    """The Prometheus sink serving /metrics on HOST:PORT, or None when `listen` is empty."""
+class Operator:
+    """The operator listener with what it serves: `/metrics` and the live chains page."""
+
+    def __init__(self, metrics: Any, listener: Any) -> None:
+        self.metrics, self.listener = metrics, listener
+        self.names = _names_of_this_machine(listener.host)
+
+    def reached_by(self, host: str) -> bool:
+        """Whether a request to `host` at the listener's port would reach the listener itself."""
+        host = host.strip("[]").lower()
+        return host in self.names or is_loopback(host)
+
+    def serve(self, page: Any) -> None:
+        self.listener.mount("/metrics", self.metrics.wsgi_app())
+        self.listener.mount("/", page)
+        self.listener.start()
+        announce_operator(self.listener)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _names_of_this_machine(bound: str) -> frozenset[str]:
+    names = {bound.lower(), "localhost"}
+    if bound in ("", "0.0.0.0", "::"):  # every address of this machine reaches it
+        for name in {socket.gethostname(), socket.getfqdn()}:
+            names.add(name.lower())
+            try:
+                names.update(str(info[4][0]) for info in socket.getaddrinfo(name, None))
+            except OSError:
+                pass
+    return frozenset(names)
+
+
+def make_operator(listen: str, token_file: str) -> Operator | None:
+    """The operator listener for `credhop_metrics=HOST:PORT`, bound but not serving yet, or None when
+    `listen` is empty. Raises OptionsError before anything listens when an option cannot be used."""
     if not listen:
         return None
     try:
         host, port = parse_listen(listen)
     except ValueError as e:
         raise exceptions.OptionsError(str(e)) from None
+    token = read_operator_token(token_file)
     try:
         from .metrics import Metrics
 
@@ -85,10 +123,30 @@ def make_metrics(listen: str) -> Any:
         raise exceptions.OptionsError(f"credhop_metrics needs prometheus_client ({e.name}): "
                                       f"pip install 'credhop[fleet]'") from None
     try:
-        metrics.serve(host, port)
+        listener = OperatorListener(host, port, token)
     except OSError as e:
         raise exceptions.OptionsError(f"credhop_metrics: cannot listen on {listen}: {e.strerror or e}") from None
-    return metrics
+    return Operator(metrics, listener)
+
+
+def read_operator_token(token_file: str) -> bytes | None:
+    if not token_file:
+        return None
+    try:
+        return read_token(token_file)
+    except TokenError as e:
+        raise exceptions.OptionsError(f"credhop_operator_token: {e}") from None
+
+
+def announce_operator(listener: Any) -> None:
+    where = f"http://{'[' + listener.host + ']' if ':' in listener.host else listener.host}:{listener.port}"
+    log.info("credhop: live chains on %s/ and metrics on %s/metrics%s", where, where,
+             " (token required)" if listener.token else "")
+    if not is_loopback(listener.host):
+        guard = ("only to holders of credhop_operator_token" if listener.token else
+                 "to anyone who reaches it: set credhop_operator_token=FILE")
+        log.warning("credhop: the operator listener %s is not loopback: it shows the recent chains (clients, "
+                    "URLs, user names, fingerprints) and metrics %s", where, guard)
 
 
 async def announce_store(link: Any, instance: str, fingerprint_key_set: bool) -> Any:

@@ -575,6 +575,8 @@ class Hops:
         it could not judge may carry a credential, so neither goes on; the client gets a 502 naming
         credhop. The message names no value."""
         self.counters.add("internal_errors")
+        if self.metrics:
+            self.metrics.internal_error(hook)
         # file and line only: an exception's text or locals may hold a secret
         where = "; ".join(f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_tb(error.__traceback__))
         log.error("credhop: internal error in %s for flow %s: %s at %s", hook, flow.id, type(error).__name__, where)

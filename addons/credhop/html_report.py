@@ -71,7 +71,8 @@ LEGEND = ('<p class="legend">credential on the request: <span style="background:
 CSP = "default-src 'none'; style-src 'unsafe-inline'"  # nothing may be fetched: no scripts, fonts, images
 
 
-def _e(text: object) -> str:
+def escaped(text: object) -> str:
+    """Text from the network, for HTML: secrets scrubbed, control characters shown, markup escaped."""
     return html.escape(printable(scrub(str(text))), quote=True)
 
 
@@ -112,7 +113,7 @@ class _Diagram:
         return LANE_W * lane + LANE_W / 2
 
     def render(self) -> str:
-        w, h, cid = self.width, self.height, _e(self.chain.id)
+        w, h, cid = self.width, self.height, escaped(self.chain.id)
         self.out.append(
             f'<svg class="chain-diagram" data-chain="{cid}" xmlns="http://www.w3.org/2000/svg" width="{w}" '
             f'height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="redirect chain {cid}">'
@@ -122,9 +123,9 @@ class _Diagram:
         for i, lane in enumerate(self.lanes):
             x = self.x(i)
             self.out.append(
-                f'<g class="lane" data-origin="{_e(lane)}"><rect x="{x - LANE_W / 2 + 8}" y="8" '
+                f'<g class="lane" data-origin="{escaped(lane)}"><rect x="{x - LANE_W / 2 + 8}" y="8" '
                 f'width="{LANE_W - 16}" height="30" rx="5" fill="#eef1f4" stroke="#c5ccd4"/>'
-                f'<text class="lane-label" x="{x}" y="28" text-anchor="middle">{_e(_short(lane, 36))}</text>'
+                f'<text class="lane-label" x="{x}" y="28" text-anchor="middle">{escaped(_short(lane, 36))}</text>'
                 f'<line class="lifeline" x1="{x}" y1="38" x2="{x}" y2="{h - 6}"/></g>')
         for row, hop in enumerate(self.rows):
             self._hop(row, hop)
@@ -141,8 +142,8 @@ class _Diagram:
         label = ("↳ " if hop.reuse else f"#{hop.index} ") + f"{hop.method} {_path(hop.url)}"
         title = f"{hop.method} {hop.url} — {credential_text(hop) or 'no credential'}"
         g = [f'<g class="hop{" reuse" if hop.reuse else ""}" data-hop="{hop.index}" '
-             f'data-move="{_e(hop.move or "")}"><title>{_e(title)}</title>',
-             f'<text x="{x0 + 8}" y="{y + 10}">{_e(_short(label, room))}</text>',
+             f'data-move="{escaped(hop.move or "")}"><title>{escaped(title)}</title>',
+             f'<text x="{x0 + 8}" y="{y + 10}">{escaped(_short(label, room))}</text>',
              f'<line class="request" x1="{x0}" y1="{y + 20}" x2="{x1 - 2}" y2="{y + 20}" {self.arrow}/>']
         if hop.move in MOVE_LABEL:
             text = MOVE_LABEL[hop.move]
@@ -151,7 +152,7 @@ class _Diagram:
             w = 7 * len(text) + 14
             mx = x1 - w - 16  # next to the arrowhead: the move happens on the way into that origin
             g.append(f'<g class="move move-{hop.move}"><rect x="{mx}" y="{y + 13}" width="{w}" height="16"/>'
-                     f'<text x="{mx + 7}" y="{y + 25}">{_e(text)}</text></g>')
+                     f'<text x="{mx + 7}" y="{y + 25}">{escaped(text)}</text></g>')
         status = hop.status
         if status is not None or hop.error:
             bad = hop.error or (status or 0) >= 400
@@ -161,16 +162,16 @@ class _Diagram:
                 answer += f" → {hop.location or '(no Location)'}"
             # cut to the room there is; the whole answer (a long Location) shows on hovering it
             g.append(f'<line class="response {cls}" x1="{x1}" y1="{y + 46}" x2="{x0 + 2}" y2="{y + 46}" '
-                     f'{self.arrow}/><text class="answer" x="{x0 + 8}" y="{y + 62}"><title>{_e(answer)}</title>'
-                     f'{_e(_short(answer, room + 8))}</text>')
+                     f'{self.arrow}/><text class="answer" x="{x0 + 8}" y="{y + 62}"><title>{escaped(answer)}</title>'
+                     f'{escaped(_short(answer, room + 8))}</text>')
         if hop.redirect and hop.fingerprint:
             text = f"credential in Location: {hop.user or '(token)'}"
             w = 6.6 * len(text) + 12
             g.append(f'<g class="loc-credential"><rect x="{x1 - w - 6}" y="{y + 30}" width="{w}" height="15" '
-                     f'rx="3"/><text x="{x1 - w}" y="{y + 41}">{_e(text)}</text></g>')
+                     f'rx="3"/><text x="{x1 - w}" y="{y + 41}">{escaped(text)}</text></g>')
         cx = LANE_W * len(self.lanes) + 6
         for f in hop.findings[:4]:
-            g.append(f'<g class="code code-{f.severity}" data-code="{f.code}"><title>{_e(f.name)}</title>'
+            g.append(f'<g class="code code-{f.severity}" data-code="{f.code}"><title>{escaped(f.name)}</title>'
                      f'<rect x="{cx}" y="{y + 10}" width="48" height="17"/>'
                      f'<text x="{cx + 5}" y="{y + 23}">{f.code}</text></g>')
             cx += 52
@@ -191,30 +192,31 @@ class _Diagram:
 def _finding_item(f: Finding) -> str:
     where = f" · hop {f.hop}" if f.hop is not None else ""
     return (f'<li class="finding sev-{f.severity}" data-code="{f.code}">'
-            f'<span class="pill p-{f.severity}">{f.severity}</span><code>{f.code}</code> <b>{_e(f.name)}</b>'
-            f'{where}<br>{_e(f.message)}<div class="fix">{hint_label(f)}: {_e(f.hint)}</div></li>')
+            f'<span class="pill p-{f.severity}">{f.severity}</span><code>{f.code}</code> <b>{escaped(f.name)}</b>'
+            f'{where}<br>{escaped(f.message)}<div class="fix">{hint_label(f)}: {escaped(f.hint)}</div></li>')
 
 
-def _chain_section(chain: Chain) -> str:
+def chain_section(chain: Chain, tools: str = "") -> str:
+    """One chain: its verdict, cause, diagram and findings; `tools` is trusted HTML put under the heading."""
     top = chain.findings[0] if chain.findings else None
     cause = ""
     if top and top.severity != "info":
-        cause = f'<p class="cause">{top.code} {_e(top.name)}: {_e(top.message)}</p>'
+        cause = f'<p class="cause">{top.code} {escaped(top.name)}: {escaped(top.message)}</p>'
     findings = "".join(_finding_item(f) for f in chain.findings) or '<li class="finding">no findings</li>'
-    return (f'<section class="chain verdict-{chain.verdict}" id="chain-{_e(chain.id)}" '
-            f'data-verdict="{chain.verdict}"><h2>{_e(VERDICT_MARK[chain.verdict])} · chain '
-            f'<code>{_e(chain.id)}</code> · client {_e(chain.client)}</h2>{cause}<div class="body">'
+    return (f'<section class="chain verdict-{chain.verdict}" id="chain-{escaped(chain.id)}" '
+            f'data-verdict="{chain.verdict}"><h2>{escaped(VERDICT_MARK[chain.verdict])} · chain '
+            f'<code>{escaped(chain.id)}</code> · client {escaped(chain.client)}</h2>{tools}{cause}<div class="body">'
             f'<figure class="diagram">{_Diagram(chain).render()}</figure><ol class="findings">{findings}</ol>'
             '</div></section>')
 
 
 def render_html(chains: list[Chain], malformed: list[int] | None = None, source: str | None = None) -> str:
     totals = totals_line(chains) + (f" · {len(malformed)} malformed line(s) skipped" if malformed else "")
-    body = "".join(_chain_section(c) for c in chains) or "<p>no redirect chains in the hop log</p>"
+    body = "".join(chain_section(c) for c in chains) or "<p>no redirect chains in the hop log</p>"
     page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name="viewport" content="width=device-width"><title>credhop report</title>'
             f'<style>{CSS}</style></head><body><header><h1>credhop report</h1>'
-            f'<p class="totals">{_e(source) + " · " if source else ""}{totals}</p>{LEGEND}</header>'
+            f'<p class="totals">{escaped(source) + " · " if source else ""}{totals}</p>{LEGEND}</header>'
             f'<main>{body}</main></body></html>\n')
     return scrub(page)

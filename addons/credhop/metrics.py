@@ -1,4 +1,4 @@
-"""Prometheus metrics (`credhop_metrics=HOST:PORT` serves `/metrics`): one more sink for hop records,
+"""Prometheus metrics (`/metrics` on the operator listener, `credhop_metrics=HOST:PORT`): one more sink for hop records,
 plus the store's calls and the chains' verdicts.
 
 Labels take bounded values only: actions, `why` codes, rule names (from the rules file), finding
@@ -8,25 +8,13 @@ same with the memory store and with Redis. No mitmproxy here.
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections import OrderedDict
 from typing import Any, Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .diagnosis import Chain
 from .records import Action, Event, InjectRecord, LeakRecord, Record, RedirectRecord
 
-log = logging.getLogger("credhop")
-
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """`HOST:PORT` (`[::1]:9464` for IPv6); raises ValueError with a message for people."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"credhop_metrics must be HOST:PORT, e.g. 127.0.0.1:9464, not {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 class Metrics:
     """The counters, gauges and histogram, in their own registry (not the process-global one)."""
@@ -62,9 +50,13 @@ class Metrics:
                              registry=r)
         self.store_up = Gauge("credhop_store_up", "1 while the store answers", registry=r)
         self.store_up.set(1)
+        self.max_held = Gauge("credhop_credentials_max", "The bound on credentials held (credhop_max_credentials)",
+                              registry=r)
+        self.internal_errors = Counter("credhop_internal_errors", "Flows credhop could not judge and answered "
+                                       "with a 502 (fail closed), by hook", ["hook"], registry=r)
+        self.reload_failures = Counter("credhop_rules_reload_failures", "Rules files refused on reload (the "
+                                       "previous rules stay)", registry=r)
         self._judged: OrderedDict[str, None] = OrderedDict()
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- sink ---------------------------------------------------------------------------------
 
@@ -113,6 +105,15 @@ class Metrics:
     def store_error(self, op: str, cause: str) -> None:
         self.store_errors.labels(op, cause).inc()
 
+    def internal_error(self, hook: str) -> None:
+        self.internal_errors.labels(hook).inc()
+
+    def reload_failed(self) -> None:
+        self.reload_failures.inc()
+
+    def bound(self, max_held: int) -> None:
+        self.max_held.set(max_held)
+
     def refresh(self, held: int, pending: int) -> None:
         self.held.set(held)
         self.pending.set(pending)
@@ -121,26 +122,8 @@ class Metrics:
         """credhop_store_up is `up()` at each scrape."""
         self.store_up.set_function(lambda: 1.0 if up() else 0.0)
 
-    # -- /metrics -------------------------------------------------------------------------------
-
-    def serve(self, host: str, port: int) -> None:
+    def wsgi_app(self) -> Any:
+        """`/metrics` for the operator listener (operator_listener.py)."""
         from prometheus_client import make_wsgi_app
 
-        self._server = make_server(host, port, make_wsgi_app(self.registry), handler_class=_Quiet)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="credhop-metrics", daemon=True)
-        self._thread.start()
-        log.info("credhop: metrics on http://%s:%d/metrics", host, self._server.server_port)
-
-    @property
-    def port(self) -> int | None:
-        return self._server.server_port if self._server else None
-
-    def close(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
-        pass
+        return make_wsgi_app(self.registry)

@@ -71,7 +71,15 @@ OPTIONS = (
            "Whose grant a request may use: 'address' (the client's IP) or 'proxyauth' (the user "
            "--proxyauth authenticated; use it behind a TCP load balancer).", choices=CLIENT_IDS),
     Option("credhop_instance", str, "", "This proxy's name in hop-log records and reports. Empty: HOST:PORT."),
-    Option("credhop_metrics", str, "", "Serve Prometheus metrics at http://HOST:PORT/metrics. Empty: off."),
+    Option("credhop_metrics", str, "",
+           "The operator listener, HOST:PORT: Prometheus metrics at /metrics and the live chains page at /. "
+           "Empty: off."),
+    Option("credhop_operator_token", str, "",
+           "File holding a token (16+ characters) the operator listener asks for on every path: "
+           "'Authorization: Bearer TOKEN', or Basic with the token as password (browsers). Empty: none."),
+    Option("credhop_ui_peers", str, "",
+           "Comma-separated operator URLs of the fleet's other instances, linked from the live chains page "
+           "(each instance shows its own chains)."),
 )
 
 
@@ -107,6 +115,15 @@ def check_values(options: Any, updated: set[str]) -> None:
     if options.credhop_client_id == "proxyauth" and not getattr(options, "proxyauth", None):
         raise exceptions.OptionsError("credhop_client_id=proxyauth needs mitmproxy's --proxyauth: "
                                       "without it no request names a user")
+
+
+def ui_peers_of(options: Any) -> tuple[str, ...]:
+    peers = tuple(p.strip() for p in options.credhop_ui_peers.split(",") if p.strip())
+    for peer in peers:
+        if not peer.lower().startswith(("http://", "https://")) or any(c in peer for c in "\"'<> "):
+            raise exceptions.OptionsError(f"credhop_ui_peers: {printable(peer[:80], one_line=True)!r} is not "
+                                          "an http:// or https:// URL")
+    return peers
 
 
 def secret_headers_of(options: Any) -> frozenset[str]:

@@ -207,18 +207,22 @@ class RecentChains:
         self._awaiting: OrderedDict[str, float] = OrderedDict()  # chain -> when its follow-up got a 401
         self.diagnosed = 0  # how often a chain was diagnosed: the cost this class keeps low
         self.cleared = 0  # chains that ended well by a look at their records, without a diagnosis
+        self.version = 0  # one more per record kept: the live chains page redraws when it moves
+        self._lock = threading.Lock()  # the live chains page reads from the operator listener's threads
 
     def emit(self, record: Record) -> None:
         data = record.as_dict()
-        records = self._chains.get(record.chain)
-        if records is None:
-            records = self._chains[record.chain] = []
-            while len(self._chains) > self.max_chains:
-                chain, _ = self._chains.popitem(last=False)
-                self._failed.discard(chain)
-                self._awaiting.pop(chain, None)
-        if len(records) < self.max_records:
-            records.append(data)
+        with self._lock:
+            records = self._chains.get(record.chain)
+            if records is None:
+                records = self._chains[record.chain] = []
+                while len(self._chains) > self.max_chains:
+                    chain, _ = self._chains.popitem(last=False)
+                    self._failed.discard(chain)
+                    self._awaiting.pop(chain, None)
+            if len(records) < self.max_records:
+                records.append(data)
+                self.version += 1
         if self._ends(record):
             self._judge(record.chain)
         elif self._may_end(record):
@@ -273,6 +277,11 @@ class RecentChains:
 
     def records(self) -> list[dict[str, Any]]:
         return [r for records in self._chains.values() for r in records]
+
+    def snapshot(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Each chain's records, oldest chain first; safe from another thread (records are never changed)."""
+        with self._lock:
+            return [(chain, list(records)) for chain, records in self._chains.items()]
 
     def close(self) -> None:
         pass
