@@ -20,7 +20,7 @@ HOPLOG ?= credhop-hops.jsonl
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither" || true
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps bench bench-instructions bench-deps clean
+.PHONY: help run run-deps test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps bench bench-instructions bench-deps clean
 
 help:
 	@echo "make run    start the proxy (credhop proxy: mitmdump with credhop) and $(RULES) on $(LISTEN_HOST):$(LISTEN_PORT)"
@@ -31,17 +31,25 @@ help:
 	@echo "make bench    measure credhop against bare mitmdump (< 10 min) and write docs/performance.md"
 	@echo "make bench-instructions  the same as instructions per request, under valgrind (docs/performance-instructions.md)"
 
-$(VENV)/.installed: pyproject.toml
+# what `make run` needs: credhop with mitmproxy and the fleet extra, nothing for the tests
+$(VENV)/.run-installed: pyproject.toml
 	@echo "credhop: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip $(PIP_QUIET)
-	$(VENV)/bin/python -m pip install -q -e '.[test,fleet]' uv $(PIP_QUIET)
-	$(VENV)/bin/python -c 'import credhop.addon, credhop.redis_store, playwright.sync_api, mitmproxy.version as v; print("credhop: mitmproxy", v.VERSION)'
+	$(VENV)/bin/python -m pip install -q -e '.[fleet]' $(PIP_QUIET)
+	$(VENV)/bin/python -c 'import credhop.addon, credhop.redis_store, mitmproxy.version as v; print("credhop: mitmproxy", v.VERSION)'
 	touch $@
 
+# the tests' own: pytest, hypothesis, playwright (driving the system chromium) and uv
+$(VENV)/.installed: $(VENV)/.run-installed
+	$(VENV)/bin/python -m pip install -q -e '.[test,fleet]' uv $(PIP_QUIET)
+	$(VENV)/bin/python -c 'import pytest, hypothesis, playwright.sync_api'
+	touch $@
+
+run-deps: $(VENV)/.run-installed
 deps: $(VENV)/.installed
 
-run: deps
+run: run-deps
 	@echo "credhop: proxy on http://$(LISTEN_HOST):$(LISTEN_PORT), rules $(RULES), hop log $(HOPLOG)"
 	@echo "  point clients at it:"
 	@echo "    export HTTP_PROXY=http://$(LISTEN_HOST):$(LISTEN_PORT) HTTPS_PROXY=http://$(LISTEN_HOST):$(LISTEN_PORT)"

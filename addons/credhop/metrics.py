@@ -12,8 +12,10 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from .diagnosis import Chain
-from .records import Action, Event, InjectRecord, LeakRecord, Record, RedirectRecord
+from .records import LEAK_ACTIONS, Action, Event, InjectRecord, LeakKind, LeakRecord, Record, RedirectRecord
 
+HOOKS = ("requestheaders", "responseheaders", "response", "error")  # the hooks an internal error names
+VERDICTS = ("ok", "failed", "unknown")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 class Metrics:
@@ -57,6 +59,14 @@ class Metrics:
         self.reload_failures = Counter("credhop_rules_reload_failures", "Rules files refused on reload (the "
                                        "previous rules stay)", registry=r)
         self._judged: OrderedDict[str, None] = OrderedDict()
+        # the series alerts watch exist at 0 from the start: a counter born at 1 has no increase()
+        for kind in LeakKind:
+            for action in LEAK_ACTIONS:
+                self.leaks.labels(str(kind), str(action))
+        for hook in HOOKS:
+            self.internal_errors.labels(hook)
+        for verdict in VERDICTS:
+            self.chains.labels(verdict)
 
     # -- sink ---------------------------------------------------------------------------------
 

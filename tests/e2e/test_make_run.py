@@ -44,3 +44,22 @@ def test_make_run_serves_uv_0_5_25(registry_factory, tmp_path, forms):
     assert installed(tmp_path / "client", registry)
     assert '"action":"inject"' in hoplog.read_text()
     assert_no_leak(output() + hoplog.read_text() + result.output, forms, "make run output, hop log, uv output")
+
+
+def test_make_run_installs_what_the_proxy_needs_and_nothing_for_the_tests(tmp_path):
+    # its own venv, as on a fresh machine: `make run` must not install pytest, hypothesis or playwright.
+    # The machine's own pip settings (its package registry), as `make run` gets them
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDHOP_", "VIRTUAL_ENV", "PYTEST"))}
+    done = subprocess.run(["make", "--no-print-directory", "run-deps", f"VENV={venv}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    python = str(venv / "bin" / "python")
+    for module in ("credhop.addon", "credhop.redis_store", "mitmproxy.tools.dump", "prometheus_client"):
+        assert subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode == 0, module
+    for module in ("pytest", "hypothesis", "playwright"):
+        assert subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode != 0, module
+    # and `make run` would go straight to the proxy from there (make -n: what it would run)
+    plan = subprocess.run(["make", "--no-print-directory", "-n", "run", f"VENV={venv}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert plan.returncode == 0 and "pip install" not in plan.stdout and "credhop proxy" in plan.stdout, plan.stdout
