@@ -12,6 +12,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from .diagnosis import Chain
+from .findings import CATALOGUE
 from .records import LEAK_ACTIONS, Action, Event, InjectRecord, LeakKind, LeakRecord, Record, RedirectRecord
 
 HOOKS = ("requestheaders", "responseheaders", "response", "error")  # the hooks an internal error names
@@ -59,7 +60,7 @@ class Metrics:
         self.reload_failures = Counter("credhop_rules_reload_failures", "Rules files refused on reload (the "
                                        "previous rules stay)", registry=r)
         self._judged: OrderedDict[str, None] = OrderedDict()
-        # the series alerts watch exist at 0 from the start: a counter born at 1 has no increase()
+        # the series alerts and the dashboard watch exist at 0 from the start: a counter born at 1 has no increase()
         for kind in LeakKind:
             for action in LEAK_ACTIONS:
                 self.leaks.labels(str(kind), str(action))
@@ -67,6 +68,8 @@ class Metrics:
             self.internal_errors.labels(hook)
         for verdict in VERDICTS:
             self.chains.labels(verdict)
+        for kind in CATALOGUE:
+            self.findings.labels(kind.code)
 
     # -- sink ---------------------------------------------------------------------------------
 

@@ -220,3 +220,35 @@ def test_a_bad_peer_url_is_refused(page):
     page.tctx.configure(page.addon, credhop_ui_peers="http://gw-2.internal:9464/,https://gw-3:9464/")
     html = get(page.port, "/")[2]
     assert 'href="http://gw-2.internal:9464/"' in html and 'href="https://gw-3:9464/"' in html
+
+
+@pytest.mark.parametrize(("host", "token", "warned"), [
+    ("127.0.0.1", None, None), ("::1", None, None),
+    ("0.0.0.0", None, "to anyone who reaches it: set credhop_operator_token=FILE"),
+    ("192.0.2.10", b"t" * 32, "only to holders of credhop_operator_token")])
+def test_a_listener_beyond_loopback_is_warned_about_at_start(caplog, host, token, warned):
+    from types import SimpleNamespace
+
+    from credhop.backends import announce_operator
+
+    with caplog.at_level("INFO", logger="credhop"):
+        announce_operator(SimpleNamespace(host=host, port=9464, token=token))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("live chains on http://" in r.getMessage() for r in caplog.records)
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "is not loopback" in warnings[0] and warned in warnings[0], warnings
+
+
+def test_a_wildcard_listener_is_refused_through_the_proxy_by_this_machines_names_too():
+    import socket
+    from types import SimpleNamespace
+
+    from credhop.backends import Operator
+
+    wildcard = Operator(None, SimpleNamespace(host="0.0.0.0", port=9464))
+    assert wildcard.reached_by(socket.gethostname()) and wildcard.reached_by("127.0.0.1")
+    assert not wildcard.reached_by("registry.example")
+    bound = Operator(None, SimpleNamespace(host="127.0.0.1", port=9464))
+    assert bound.reached_by("localhost") and not bound.reached_by(socket.gethostname() + ".invalid")
