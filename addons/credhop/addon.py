@@ -19,13 +19,13 @@ from typing import Any, NoReturn
 from mitmproxy import command, ctx, exceptions, http
 
 from . import exposure
-from .backends import announce_store, make_hoplog, make_operator, make_stores, read_operator_token
+from .backends import OperatorView, announce_store, make_hoplog, make_stores
 from .chains_page import ChainsPage
 from .credentials import Fingerprinter
 from .decide import REDIRECTS
 from .diagnosis import Chain, diagnose
 from .hop import Hops
-from .options import check_values, declare, deferred_problem, fingerprint_key, secret_headers_of, ui_peers_of
+from .options import check_values, declare, deferred_problem, fingerprint_key, secret_headers_of
 from .output import redact_dumper, unredact_dumper, unredacted_warning
 from .pending import MemoryPending
 from .report import render_text, summary_line
@@ -82,10 +82,9 @@ class CredHop:
         self._watcher: asyncio.Task[None] | None = None
         self._announcing: asyncio.Task[Any] | None = None
         self._store_options: tuple[Any, ...] | None = None
-        self.operator: Any = None  # backends.Operator while credhop_metrics is set
-        self._listen: str | None = None  # the credhop_metrics it listens on
-        self.ui_peers: tuple[str, ...] = ()
-        self._operator_port = -1  # its port, checked first on every request: cheaper than a host check
+        self.operator = OperatorView(lambda listener: ChainsPage(
+            self.recent.snapshot, lambda: self.recent.version, lambda: self.redactor, lambda: self.instance,
+            lambda: self.operator.peers, listener.closing))
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -131,13 +130,8 @@ class CredHop:
             stores = make_stores(opts, self.clock, self.hops.store_event)
         redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
         hoplog = make_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
-        peers = ui_peers_of(opts) if "credhop_ui_peers" in updated else self.ui_peers
-        operator, token = self.operator, KEEP
         try:
-            if opts.credhop_metrics != (self._listen or ""):  # by value, as the stores: a port binds once
-                operator = make_operator(opts.credhop_metrics, opts.credhop_operator_token)  # last: it binds
-            elif "credhop_operator_token" in updated and operator:
-                token = read_operator_token(opts.credhop_operator_token)
+            use_operator = self.operator.prepare(opts, updated)  # last: it may bind a port
         except exceptions.OptionsError:
             if hoplog and hoplog is not self.hoplog:
                 hoplog.close()
@@ -154,20 +148,10 @@ class CredHop:
             self._store_options = store_options
             if self._running:
                 self._announce_store()
-        self.ui_peers = peers
-        if operator is not self.operator:
-            if self.operator:
-                self.operator.close()
-            self.operator, self._listen = operator, opts.credhop_metrics
-            self._operator_port = operator.listener.port if operator else -1
-            self.metrics = metrics = operator.metrics if operator else None
-            if operator:
-                metrics.store_up_from(lambda: self.hops.store_up)
-                operator.serve(ChainsPage(self.recent.snapshot, lambda: self.recent.version,
-                                          lambda: self.redactor, lambda: self.instance, lambda: self.ui_peers,
-                                          operator.listener.closing))
-        elif token is not KEEP:
-            operator.listener.token = token
+        if use_operator():
+            self.metrics = self.operator.metrics
+            if self.metrics:
+                self.metrics.store_up_from(lambda: self.hops.store_up)
         if self.metrics:
             self.metrics.bound(opts.credhop_max_credentials)
         # every verdict is counted only with metrics on; else a chain that cannot fail is not diagnosed
@@ -225,10 +209,8 @@ class CredHop:
         if self.hoplog:
             self.hoplog.close()
             self.hoplog = None
-        if self.operator:
-            self.operator.close()
-            self.operator = self.metrics = self._listen = None
-            self._operator_port = -1
+        self.operator.close()
+        self.metrics = None
         self.hops.use_stores(MemoryStore(clock=self.clock), MemoryPending(clock=self.clock), None)
         self._store_options = None
         for handler in logging.getLogger().handlers:
@@ -254,7 +236,7 @@ class CredHop:
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live or flow.is_replay == "request":
             return None
-        if flow.request.port == self._operator_port and self.operator.reached_by(flow.request.host):
+        if self.operator.refuses(flow.request.host, flow.request.port):
             flow.response = http.Response.make(403, OPERATOR_REFUSED, {"content-type": "text/plain; charset=utf-8"})
             log.warning("credhop: refused a request through the proxy to the operator listener (from %s)",
                         flow.client_conn.peername[0] if flow.client_conn.peername else "?")
@@ -348,7 +330,6 @@ class CredHop:
 
 
 OPERATOR_REFUSED = b"credhop: the operator listener (metrics, live chains) is not served through the proxy\n"
-KEEP = object()  # configure(): this value does not change
 
 
 def _exit_at_start(message: str) -> NoReturn:

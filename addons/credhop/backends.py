@@ -11,6 +11,7 @@ from mitmproxy import exceptions
 
 from .exposure import is_loopback
 from .operator_listener import OperatorListener, TokenError, parse_listen, read_token
+from .options import ui_peers_of
 from .pending import MemoryPending
 from .scrub import printable
 from .scrub import Redactor
@@ -127,6 +128,61 @@ def make_operator(listen: str, token_file: str) -> Operator | None:
     except OSError as e:
         raise exceptions.OptionsError(f"credhop_metrics: cannot listen on {listen}: {e.strerror or e}") from None
     return Operator(metrics, listener)
+
+
+KEEP = object()  # OperatorView: the token stays as it is
+
+
+class OperatorView:
+    """The operator listener as the options say, kept across configure(): bound when credhop_metrics
+    is set, replaced only when its value changes, re-keyed when the token file changes, closed at the end."""
+
+    def __init__(self, page: Callable[[Any], Any]) -> None:
+        self.page = page  # listener -> the live chains page (a WSGI app)
+        self.operator: Operator | None = None
+        self.listen = ""
+        self.peers: tuple[str, ...] = ()
+        self.port = -1  # checked first on every request through the proxy: cheaper than a host check
+
+    @property
+    def metrics(self) -> Any:
+        return self.operator.metrics if self.operator else None
+
+    def prepare(self, opts: Any, updated: set[str]) -> Callable[[], bool]:
+        """Check the options, binding a new listener when one is asked for (so call it last: nothing after
+        it may fail). Returns what applies them, which answers whether the metrics were replaced."""
+        peers = ui_peers_of(opts) if "credhop_ui_peers" in updated else self.peers
+        listen = opts.credhop_metrics
+        if listen != self.listen:  # by value: `credhop proxy` hands over the defaults nobody set once more
+            operator = make_operator(listen, opts.credhop_operator_token)
+            return lambda: self._use(operator, listen, peers)
+        token = KEEP
+        if "credhop_operator_token" in updated and self.operator:
+            token = read_operator_token(opts.credhop_operator_token)
+        return lambda: self._keep(token, peers)
+
+    def _use(self, operator: Operator | None, listen: str, peers: tuple[str, ...]) -> bool:
+        self.close()
+        self.operator, self.listen, self.peers = operator, listen, peers
+        if operator:
+            self.port = operator.listener.port
+            operator.serve(self.page(operator.listener))
+        return True
+
+    def _keep(self, token: Any, peers: tuple[str, ...]) -> bool:
+        self.peers = peers
+        if token is not KEEP and self.operator:
+            self.operator.listener.token = token
+        return False
+
+    def refuses(self, host: str, port: int) -> bool:
+        """A request through the proxy to this listener: it is never served that way."""
+        return port == self.port and self.operator is not None and self.operator.reached_by(host)
+
+    def close(self) -> None:
+        if self.operator:
+            self.operator.close()
+        self.operator, self.listen, self.port = None, "", -1
 
 
 def read_operator_token(token_file: str) -> bytes | None:
