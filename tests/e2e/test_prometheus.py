@@ -33,6 +33,7 @@ from tests.fixtures.registry import AuthIndex, Redirector
 from tests.secrets_check import Secret, assert_no_leak, secret_forms
 
 DASHBOARD = REPO / "deploy" / "grafana" / "credhop.json"
+ALERT_RULES = REPO / "deploy" / "prometheus" / "credhop-rules.yml"
 JOB = "credhop"
 MISSING_PACKAGE = "no-such-pkg"
 LEAKED = Secret("leak-Qv7nW2xR9kT4")  # the client's own password, which curl re-sends after the redirect
@@ -75,7 +76,8 @@ def scraped(tmp_path_factory, pki, wheel, token) -> Iterator[Run]:
             instances[name] = start_instance(stack, name, work, pki.ca_cert)
         targets = [i.label for i in instances.values()]
         binary = tool("CREDHOP_PROMETHEUS", "prometheus")  # absent: a skip (under CREDHOP_STRICT, a failure)
-        prometheus = stack.enter_context(Prometheus(work / "prometheus", {JOB: targets}, binary=binary))
+        prometheus = stack.enter_context(Prometheus(work / "prometheus", {JOB: targets}, binary=binary,
+                                                    rule_files=(ALERT_RULES,)))
         prometheus.wait_for(lambda: prometheus.targets_up(JOB) == 2, what="two targets up")
 
         # twice: Prometheus takes a series' first value as where it starts, so only what the second round
@@ -346,3 +348,29 @@ def test_the_panels_show_the_traffic(scraped):
                 wrong.append(f"{title}: {queries[title]}\n    {wanted}: {values} is not {holds.__name__}; "
                              f"all: {result}")
     assert not wrong, "\n".join(wrong) + "\n-- prometheus log --\n" + prometheus.log[-3000:]
+
+
+def test_the_alert_rules_load_and_evaluate_against_the_real_metrics(scraped):
+    # promtool tests them on made-up series; here on what two real instances export
+    prometheus = scraped.prometheus
+
+    def evaluated():
+        groups = prometheus.api("rules")["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
+
+    rules = prometheus.wait_for(evaluated, what="every alert rule evaluated")
+    import yaml
+
+    declared = {r["alert"] for g in yaml.safe_load(ALERT_RULES.read_text())["groups"] for r in g["rules"]}
+    assert {r["name"] for r in rules} == declared
+    broken = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
+    assert not broken, broken
+    # curl re-sent its own credential across the redirect and the shipped rules stripped it: that alert is
+    # on its way, and the one for a leak that went out is not
+    leak = next(r for r in rules if r["name"] == "CredhopLeakStripped")
+    assert leak["state"] in ("pending", "firing") and leak["alerts"], \
+        (leak, prometheus.query("credhop_leaks_total > 0"))
+    assert {a["labels"]["instance"] for a in leak["alerts"]} == {scraped.instances["fails"].label}
+    quiet = {r["name"] for r in rules if r["state"] == "inactive"}
+    assert {"CredhopLeakDetected", "CredhopStoreDown", "CredhopInstanceDown", "CredhopMetricsAbsent"} <= quiet
