@@ -176,6 +176,8 @@ class CredHop:
         warning = unredacted_warning(ctx.options, ctx.master)
         if warning:
             log.warning("credhop: %s", warning)
+        if ctx.options.credhop_observe:
+            log.warning("credhop: %s", OBSERVE_WARNING)
         if not ctx.options.credhop_log:  # `credhop report` reads the hop log: say there is none
             log.info("credhop: no hop log (credhop_log is empty), so `credhop report` will have nothing to read; "
                      "--set credhop_log=credhop-hops.jsonl writes one")
@@ -329,6 +331,10 @@ class CredHop:
                 self._rules_stamp = stamp  # a broken file is reported once per edit
 
 
+OBSERVE_WARNING = ("observe mode (credhop_observe=true): credhop changes nothing, so a client that follows a "
+                   "Location's userinfo sends or drops the credential itself, and its own errors may show it "
+                   "(uv 0.5.25 through an http:// proxy puts it into its request line, gets 400 and prints it); "
+                   "set credhop_observe=false to inject")
 OPERATOR_REFUSED = b"credhop: the operator listener (metrics, live chains) is not served through the proxy\n"
 
 

@@ -306,11 +306,37 @@ def _check_follow_ups(chain: Chain, grants: _Grants) -> Iterator[Finding]:
     stuck = any(f.code in ("CH302", "CH303") for f in chain.findings)
     if (last and last.redirect and last.action not in (Action.NONE, Action.BLOCK) and not last.error
             and last.target and not stuck):
-        yield _f("CH502", f"nothing shows the client following hop {last.index}'s {last.status} to "
-                 f"{last.target}",
-                 "the client stopped (see its output), bypassed the proxy for that host (NO_PROXY), or "
-                 "mitmproxy refused its request (uv 0.5.25 through an http:// proxy puts kept userinfo into "
-                 "the request line: 400 Bad Request)", last.index)
+        if _userinfo_left_to_client(last):
+            yield _userinfo_in_request_line(last)
+        else:
+            yield _f("CH502", f"nothing shows the client following hop {last.index}'s {last.status} to "
+                     f"{last.target}",
+                     "the client stopped (see its output), bypassed the proxy for that host (NO_PROXY), or "
+                     "mitmproxy refused its request (uv 0.5.25 through an http:// proxy puts kept userinfo "
+                     "into the request line: 400 Bad Request)", last.index)
+
+
+def _userinfo_left_to_client(hop: Hop) -> bool:
+    """A live proxy only observing a redirect whose Location credential a rule would have taken out, to a
+    plaintext origin: the client got the userinfo and had to send it itself. Through an http:// proxy it
+    goes into the absolute request line (`GET http://user:secret@host/`), which mitmproxy refuses with 400
+    before any addon sees a flow: so no follow-up shows here, and the chain failed (uv 0.5.25, issue 26).
+    Not for captures replayed: no proxy of ours refused anything there, and browsers simply stop."""
+    return (hop.observe and not hop.replay and bool(hop.fingerprint)
+            and hop.action in (Action.INJECT, Action.STRIP) and (hop.target or "").startswith("http://"))
+
+
+def _userinfo_in_request_line(hop: Hop) -> Finding:
+    rule = f"rule {hop.rule}" if hop.rule else "the matching rule"
+    does = ("injects it into a header for that origin" if hop.action == Action.INJECT
+            else "strips it from the Location (action: inject also moves it into a header)")
+    return _f("CH503", f"the follow-up of hop {hop.index}'s {hop.status} to {hop.target} never reached "
+              f"credhop: it only observed, so the client had to send the Location's credential "
+              f"({hop.credential_label}) itself, and a client that keeps it puts it into its request line to "
+              "the proxy, which mitmproxy refuses (400 Bad Request; uv 0.5.25 does)",
+              f"turn observe mode off (credhop_observe=false): {rule} then {does} and the client never holds "
+              "it; the client's own output may show the secret (uv 0.5.25 prints the URL with it): keep that "
+              "output out of shared logs, or rotate the credential", hop.index)
 
 
 def _check_reused(chain: Chain, grants: _Grants) -> Iterator[Finding]:

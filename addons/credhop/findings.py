@@ -64,6 +64,9 @@ CATALOGUE: tuple[Kind, ...] = (
     Kind("CH501", "follow-up-failed", "error", "a follow-up failed without a response (connection, TLS)"),
     Kind("CH502", "follow-up-not-seen", "warning",
          "the client never made the follow-up request through the proxy"),
+    Kind("CH503", "userinfo-in-request-line", "error",
+         "observe mode: the client sent a Location's userinfo in its http:// request line; mitmproxy refused "
+         "it (400)"),
 )
 KINDS: dict[str, Kind] = {k.code: k for k in CATALOGUE}
 KINDS_BY_NAME: dict[str, Kind] = {k.name: k for k in CATALOGUE}

@@ -124,13 +124,13 @@ def case(present: str = "", absent: str = "") -> Callable[[Callable[[Env], Path]
 
 
 ALL_BUT_CH110 = ("CH101 CH102 CH103 CH104 CH201 CH202 CH203 CH204 CH205 CH301 CH302 CH303 CH304 CH305 CH306 CH307 "
-                 "CH308 CH401 CH402 CH403 CH404 CH405 CH406 CH407 CH408 CH501 CH502")
+                 "CH308 CH401 CH402 CH403 CH404 CH405 CH406 CH407 CH408 CH501 CH502 CH503")
 
 
 # -- the registry fixture with real package clients ------------------------------------------------
 
 
-@case(present="CH101 CH110", absent="CH102 CH103 CH502 CH401 CH402 CH405")
+@case(present="CH101 CH110", absent="CH102 CH103 CH502 CH503 CH401 CH402 CH405")
 def case_uv_0_5_25_observe_loses_the_credential(env: Env) -> Path:
     registry = env.registry("https", 404)
     with env.proxy(observe=True) as proxy:
@@ -146,12 +146,20 @@ def case_uv_0_5_25_inject_installs(env: Env) -> Path:
     return proxy.hoplog
 
 
-@case(present="CH502 CH110", absent="CH101 CH103 CH403")
+@case(present="CH503 CH110", absent="CH502 CH101 CH103 CH403")
 def case_uv_0_5_25_http_observe_follow_up_never_arrives(env: Env) -> Path:
     # through an http:// proxy uv 0.5.25 puts the kept userinfo into its request line; mitmproxy refuses it
     registry = env.registry("http", 404)
     with env.proxy(observe=True) as proxy:
         assert env.client("uv-0.5.25", registry, proxy).returncode != 0
+    return proxy.hoplog
+
+
+@case(present="CH502 CH110", absent="CH503 CH101 CH103")
+def case_curl_does_not_follow_the_redirect(env: Env) -> Path:
+    registry = env.registry("https", 401)
+    with env.proxy() as proxy:
+        env.curl(proxy, f"{registry.simple_url}{PACKAGE}/")  # no -L: curl stops at the 302
     return proxy.hoplog
 
 

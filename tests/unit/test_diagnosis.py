@@ -210,6 +210,17 @@ def unfollowed() -> Log:
     return log
 
 
+def observed_plaintext_unfollowed(target: str = "http://registry.example", action: str = "inject",
+                                  **fields: Any) -> Log:
+    """uv 0.5.25 through an http:// proxy, credhop observing: its follow-up kept the userinfo in the
+    request line, mitmproxy refused it with 400, and no record followed (issue 26)."""
+    log = Log()
+    scheme = target.split(":", 1)[0]
+    log.redirect(0, A.replace("https:", f"{scheme}:"), f"{scheme}://aws:***@registry.example/pypi/simple/pkg/",
+                 target=target, credential=True, action=action, **{"observe": True, **fields})
+    return log
+
+
 # a presigned URL as a hop log holds it once its signing values are redacted
 SIGNED = ("https://bucket.s3.example/pkg-1.0-py3-none-any.whl?X-Amz-Algorithm=AWS4-HMAC-SHA256"
           "&X-Amz-Credential=***&X-Amz-Date=20261202T000000Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host"
@@ -270,8 +281,15 @@ CASES: dict[str, tuple[list[Log], list[Log]]] = {
     "CH408": ([refused("https://registry.example already holds a live credential handed out by https://b.example",
                        action="keep")], [injected_ok(), refused("no rule matched")]),
     "CH501": ([failed_follow_up()], [injected_ok()]),
-    "CH502": ([unfollowed()],
-              [injected_ok(), hops(3, loop=True), blocked(), location_problem("no Location header")]),
+    "CH502": ([unfollowed(), observed_plaintext_unfollowed("https://registry.example"),
+               observed_plaintext_unfollowed(replay=True)],
+              [injected_ok(), hops(3, loop=True), blocked(), location_problem("no Location header"),
+               observed_plaintext_unfollowed()]),
+    "CH503": ([observed_plaintext_unfollowed(), observed_plaintext_unfollowed(action="strip")],
+              [unfollowed(), lost_observe(), injected_ok(),
+               observed_plaintext_unfollowed("https://registry.example"),
+               observed_plaintext_unfollowed(replay=True), observed_plaintext_unfollowed(observe=False),
+               observed_plaintext_unfollowed(action="keep", reason="no rule matched")]),
 }
 
 
@@ -345,6 +363,8 @@ def test_leak_stripped_is_a_warning_and_the_chain_is_ok():
 
 def test_verdicts():
     assert diagnose(unfollowed().records)[0].verdict == "unknown"
+    assert diagnose(observed_plaintext_unfollowed().records)[0].verdict == "failed"
+    assert diagnose(observed_plaintext_unfollowed("https://registry.example").records)[0].verdict == "unknown"
     assert diagnose(blocked().records)[0].verdict == "failed"
     assert diagnose(failed_follow_up().records)[0].verdict == "failed"
     assert diagnose(server_error().records)[0].verdict == "failed"

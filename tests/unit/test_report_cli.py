@@ -16,6 +16,7 @@ import pytest
 
 from credhop.cli import main
 from credhop.diagnosis import diagnose
+from credhop.findings import CATALOGUE
 from credhop.html_report import render_html
 from credhop.report import render_json, render_markdown, render_text, summary_line
 from tests.secrets_check import Secret, assert_no_leak, secret_forms
@@ -227,7 +228,7 @@ def test_html_option_writes_the_page(tmp_path):
 
 def test_findings_lists_every_code():
     code, out, _ = cli("findings")
-    assert code == 0 and "CH101  error    credential-lost-on-redirect" in out and len(out.splitlines()) == 28
+    assert code == 0 and "CH101  error    credential-lost-on-redirect" in out and len(out.splitlines()) == len(CATALOGUE)
 
 
 # -- as a program, without mitmproxy ----------------------------------------------------------------
