@@ -1,5 +1,5 @@
 """`credhop report FILE…`: explain every redirect chain in hop logs and captures; `credhop proxy`: run the
-proxy; `credhop check RULES…`: validate rules files.
+proxy; `credhop check RULES…`: validate rules files; `credhop watch [HOPLOG]`: follow a hop log live.
 
 Exit status: 0 when no shown chain has an error-level finding, 1 when one has
 (so CI jobs can gate on it), 2 for usage errors and unreadable inputs; for
@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
@@ -24,6 +26,7 @@ from .replay import MAX_INPUT_MB, InputError, collect
 from .report import Selection, render_json, render_markdown, render_text
 from .rules import RulesError, load_rules
 from .scrub import printable, scrub
+from .watch import DEFAULT_HOPLOG, IDLE_END, Follower, Printer, Watch, run
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -67,18 +70,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="HMAC key file for the fingerprints of captured secrets, e.g. the proxy's "
                              "credhop_fingerprint_key (default: a fresh key per run)")
     report.add_argument("--format", choices=("text", "markdown", "json"), default="text")
-    report.add_argument("--client", action="append", default=[], metavar="IP",
-                        help="only this client (repeatable)")
-    report.add_argument("--host", action="append", default=[], metavar="GLOB",
-                        help="only chains touching a host matching GLOB, e.g. '*.example.com' (repeatable)")
-    report.add_argument("--finding", action="append", default=[], metavar="CODE",
-                        help="only chains with this finding, by code (CH101) or name (repeatable)")
+    _chain_filters(report)
     report.add_argument("--severity", choices=SEVERITIES,
                         help="only findings at or above this level, and chains that have one")
     report.add_argument("--html", metavar="OUT.html", type=Path, help="also write a self-contained HTML page")
     report.add_argument("--max-input-mb", type=_positive, default=MAX_INPUT_MB, metavar="MB",
                         help=f"refuse a file larger than this, unread (default {MAX_INPUT_MB}; a HAR takes "
                              "about 8 times its size in memory)")
+    _watch_parser(commands)
     commands.add_parser("findings", help="list every finding code")
     commands.add_parser(
         "script", help="print the path of the mitmproxy entry script: mitmdump|mitmweb -s \"$(credhop script)\"",
@@ -101,6 +100,54 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--store-timeout", metavar="MS", type=_positive, default=200,
                        help="each call's deadline, as credhop_store_timeout (default 200)")
     return parser
+
+
+def _chain_filters(parser: argparse.ArgumentParser) -> None:
+    """The filters `report` and `watch` share (report.Selection)."""
+    parser.add_argument("--client", action="append", default=[], metavar="IP",
+                        help="only this client (repeatable)")
+    parser.add_argument("--host", action="append", default=[], metavar="GLOB",
+                        help="only chains touching a host matching GLOB, e.g. '*.example.com' (repeatable)")
+    parser.add_argument("--finding", action="append", default=[], metavar="CODE",
+                        help="only chains with this finding, by code (CH101) or name (repeatable)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be 0..86400 seconds, not {text}")
+    return value
+
+
+def _watch_parser(commands: Any) -> None:
+    watch = commands.add_parser(
+        "watch", help="follow a hop log live and print one line per finished chain",
+        description="Follow a credhop hop log while the proxy writes it, like `tail -F` (it waits for a file "
+                    "that does not exist yet, and follows one that is truncated or replaced), and print one "
+                    "line per finished chain: when it started, its verdict, the client, its first request, "
+                    "its top finding and that finding's fix. A chain is finished when its follow-up got its "
+                    "final answer (a 401 once the client did not ask again within a second), when a later "
+                    "download fails, when it had no record for --idle-end seconds, or when the watch stops. "
+                    "A chain is printed once; a record that comes later and ends it again (a download that "
+                    "fails) prints it again, marked (updated), only if its verdict or top finding changed. "
+                    "Stops on Ctrl-C, SIGTERM or after --until-idle, then prints the totals. Exit status 1 "
+                    "when a printed chain (as last printed) has an error-level finding, 0 otherwise, 2 on "
+                    "usage errors. `credhop report HOPLOG` explains a chain hop by hop.")
+    watch.add_argument("hoplog", nargs="?", default=Path(DEFAULT_HOPLOG), type=Path, metavar="HOPLOG",
+                       help=f"the proxy's credhop_log file (default: {DEFAULT_HOPLOG}, what `make run` "
+                            "writes)")
+    watch.add_argument("--from-start", action="store_true",
+                       help="read what the file already holds first (default: start at its end)")
+    watch.add_argument("--failed", action="store_true", help="only failed chains")
+    _chain_filters(watch)
+    watch.add_argument("--idle-end", type=_seconds, default=IDLE_END, metavar="SECONDS",
+                       help=f"judge a chain that had no record for this long: a client that gave up "
+                            f"(default {IDLE_END:g})")
+    watch.add_argument("--until-idle", type=_seconds, metavar="SECONDS",
+                       help="stop once no line came for this long (default: run until Ctrl-C or SIGTERM)")
 
 
 def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -180,13 +227,9 @@ def _use_color(stream: TextIO) -> bool:
 
 
 def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    codes = []
-    for wanted in args.finding:
-        kind = kind_of(wanted)
-        if kind is None:
-            err.write(f"credhop report: unknown finding {_line(repr(wanted))}; see `credhop findings`\n")
-            return EXIT_USAGE
-        codes.append(kind.code)
+    codes = _finding_codes(args.finding, "report", err)
+    if codes is None:
+        return EXIT_USAGE
     try:
         key = args.fingerprint_key.read_bytes().strip() if args.fingerprint_key else None
         if key is not None and len(key) < 16:
@@ -216,6 +259,51 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_USAGE
         err.write(f"credhop report: wrote {_line(args.html)}\n")
     return EXIT_FINDINGS if any(c.has_error() for c in chains) else EXIT_OK
+
+
+def _watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    codes = _finding_codes(args.finding, "watch", err)
+    if codes is None:
+        return EXIT_USAGE
+    if args.idle_end <= 0:
+        err.write("credhop watch: --idle-end must be more than 0 seconds\n")
+        return EXIT_USAGE
+    follower = Follower(args.hoplog, args.from_start, notice=lambda text: _notice(err, text))
+    printer = Printer(out, Selection(tuple(args.client), tuple(args.host), tuple(codes)), args.failed,
+                      _use_color(out))
+    stopping: list[int] = []
+    before: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C and SIGTERM end it like --until-idle
+        before = {s: signal.signal(s, lambda signum, _: stopping.append(signum))
+                  for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run(follower, Watch(idle_end=args.idle_end), printer, lambda: bool(stopping), args.until_idle)
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # the path is a directory, or cannot be read
+        err.write(f"credhop watch: cannot follow {_line(args.hoplog)}: {_line(e.strerror or e)}\n")
+        return EXIT_USAGE
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    return EXIT_FINDINGS if printer.failed() else EXIT_OK
+
+
+def _notice(err: TextIO, text: str) -> None:
+    err.write(f"credhop watch: {text}\n")
+    err.flush()
+
+
+def _finding_codes(wanted: Sequence[str], command: str, err: TextIO) -> list[str] | None:
+    """The codes of --finding values (code or name); None after saying which one is unknown."""
+    codes = []
+    for name in wanted:
+        kind = kind_of(name)
+        if kind is None:
+            err.write(f"credhop {command}: unknown finding {_line(repr(name))}; see `credhop findings`\n")
+            return None
+        codes.append(kind.code)
+    return codes
 
 
 def _proxy(argv: Sequence[str], err: TextIO) -> int:
@@ -251,6 +339,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             what = "out of memory" if isinstance(e, MemoryError) else "an input is nested too deeply"
             err.write(f"credhop report: {what}; give smaller inputs (--max-input-mb sets the most read)\n")
             return EXIT_USAGE
+    if args.command == "watch":
+        try:
+            return _watch(args, out, err)
+        except BrokenPipeError:  # `credhop watch … | head -1`
+            return EXIT_OK
     if args.command == "check":
         return _check(args, out, err)
     if args.command == "script":
