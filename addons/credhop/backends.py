@@ -20,7 +20,8 @@ from .store import Clock, MemoryStore
 
 log = logging.getLogger("credhop")
 
-STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")  # redis_store.connect's
+STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
+                 "rediss+cluster")  # redis_store.connect's
 
 
 def make_stores(opts: Any, clock: Clock, observer: Callable[[str, float, str | None], None]) -> tuple[Any, Any, Any]:

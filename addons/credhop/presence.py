@@ -31,7 +31,8 @@ from typing import Any
 log = logging.getLogger("credhop")
 
 CHANNEL = "credhop:v1:present"  # messages: "<sealed client name> <until, ms since the epoch>"
-KEY = "credhop:v1:present"  # sorted set: sealed client name -> until (ms)
+SET = "present"  # after a key tag (redis_store.RedisLink.tag): sorted set, sealed client name -> until (ms)
+KEY = "credhop:v1:" + SET  # the one set with a single primary; Redis Cluster has one per bucket
 HEARTBEAT = 0.5  # seconds between PINGs on the subscribed connection
 STALE_AFTER = 2.0  # no answer to a PING for this long: the subscription is not trusted
 RETRY_AFTER = 0.5  # seconds before subscribing again
@@ -158,9 +159,16 @@ class Presence:
     async def _resync(self, timeout: float) -> None:
         """Read every live name, after subscribing: what is published meanwhile is heard as well."""
         now_ms = int((self.clock() - SKEW) * 1000)
-        await asyncio.wait_for(self.link.redis.zremrangebyscore(KEY, "-inf", now_ms), timeout)
-        entries = await asyncio.wait_for(self.link.redis.zrangebyscore(KEY, now_ms, "+inf", withscores=True),
-                                         max(timeout, STALE_AFTER))
+        if getattr(self.link, "cluster", False):  # a set per bucket; each GRANT and EXPECT prunes its own
+            pipe = self.link.redis.pipeline(transaction=False)
+            for key in self.link.presence_keys():
+                pipe.zrangebyscore(key, now_ms, "+inf", withscores=True)
+            entries = [e for found in await asyncio.wait_for(pipe.execute(), max(timeout, STALE_AFTER))
+                       for e in found]
+        else:
+            await asyncio.wait_for(self.link.redis.zremrangebyscore(KEY, "-inf", now_ms), timeout)
+            entries = await asyncio.wait_for(self.link.redis.zrangebyscore(KEY, now_ms, "+inf", withscores=True),
+                                             max(timeout, STALE_AFTER))
         for name, until_ms in entries:
             self._note(name.decode() if isinstance(name, bytes) else str(name), float(until_ms) / 1000)
         self.resyncs += 1

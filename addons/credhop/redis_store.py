@@ -12,8 +12,13 @@ plaintext: a grant's hash stores HMACs of its issuer and fingerprint beside the 
 Lua script compares them and stores in one step, so two instances racing for the same client and
 origin cannot both win. The same script keeps the per-client and global bounds: a client holding
 more than `max_per_client` grants loses the one that expires first, and when the fleet holds more
-than `max_entries` the client holding the most loses its. Redis 7.0 commands only; one Redis (or a
-Sentinel-managed primary), not Redis Cluster (the script touches keys it derives).
+than `max_entries` the client holding the most loses its. Redis 7.0 commands only.
+
+Redis Cluster (`redis+cluster://host:port,…`): a script runs on one slot, so every key a client's
+decision touches carries the hash tag of its bucket, one of `BUCKETS` by its sealed name, and what was
+global is per bucket: the count and the "client holding the most" of the bound (each bucket holds at
+most its share of `max_entries`, with some slack), and the presence set. Swap and bounds stay atomic.
+With one primary the tag is empty and the key names are what they always were.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ MAX_OPENED = 4_096  # sealed values kept opened
 QUIET_AFTER = 2.0  # an outage starting this soon after the last one ended is logged at debug level
 MAX_QUEUE = 16  # follow-ups one client may await for one URL
 MAX_WATCH = 8  # redirects of one client to one origin remembered for leak checks
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
+BUCKETS = 256  # Redis Cluster: a client's keys share the hash tag of one of these (its sealed name's first 2 hex)
+BUCKET_SLACK = 1.25  # a bucket may hold this much more than its even share of max_entries
 
 # Observer(op, seconds, cause): cause None for an answer, else "timeout" | "connection" | "error" |
 # "unsealable", or "down" for a call answered locally at once because Redis is known to be down.
@@ -67,6 +74,20 @@ def describe(url: str) -> str:
     return f"{parts.scheme}://{hosts}{parts.path if 'sentinel' in parts.scheme else ''}"
 
 
+def is_cluster(url: str) -> bool:
+    return urlsplit(url).scheme.endswith("+cluster")
+
+
+def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
+    hosts = []
+    for item in netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
+        if not port.isdigit():
+            raise StoreConfigError(f"credhop_store: {item!r} is not HOST:PORT")
+        hosts.append((host.strip("[]") or "localhost", int(port or default_port)))
+    return hosts
+
+
 def connect(url: str, timeout: float) -> Any:
     """A redis asyncio client for `url` with short timeouts and no retries (redis-py's defaults wait
     seconds on a hung server). `redis+sentinel://[user:pass@]host:port[,host:port]/service` asks
@@ -82,20 +103,26 @@ def connect(url: str, timeout: float) -> Any:
     common: dict[str, Any] = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
                                   retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
                                   max_connections=256)
+    auth = dict(username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None)
+    if parts.scheme.endswith("+cluster"):
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        del common["retry_on_timeout"], common["health_check_interval"]
+        nodes = [ClusterNode(host, port) for host, port in _hosts(parts.netloc, 6379)]
+        # no retries of its own on a moved slot or a failed node: our deadline bounds every call, and the
+        # topology is read again at the next call after an error
+        return RedisCluster(startup_nodes=nodes, ssl=parts.scheme.startswith("rediss"),
+                            cluster_error_retry_attempts=0, require_full_coverage=False, **auth, **common)
     if "sentinel" not in parts.scheme:
         return redis.from_url(url, **common)
     from redis.asyncio.sentinel import Sentinel
 
-    hosts = []
-    for item in parts.netloc.rpartition("@")[2].split(","):
-        host, _, port = item.rpartition(":")
-        hosts.append((host.strip("[]") or "localhost", int(port or 26379)))
+    hosts = _hosts(parts.netloc, 26379)
     service = parts.path.strip("/")
     if not service:
         raise StoreConfigError("credhop_store: a redis+sentinel:// URL names the service: …/mymaster")
     query = parse_qs(parts.query)
-    auth = dict(username=unquote(parts.username) if parts.username else None,
-                password=unquote(parts.password) if parts.password else None)
     sentinel = Sentinel(hosts, sentinel_kwargs=dict(socket_timeout=timeout, socket_connect_timeout=timeout),
                         ssl=parts.scheme.startswith("rediss"), **common)
     return sentinel.master_for(service, db=int(query.get("db", ["0"])[0]), **auth)
@@ -115,6 +142,7 @@ class RedisLink:
         self.url, self.where = url, describe(url)
         self.sealer, self.timeout, self.clock = sealer, timeout, clock
         self.redis = client if client is not None else connect(url, timeout)
+        self.cluster = is_cluster(url)
         self.observer = observer or (lambda op, seconds, cause: None)
         self.down_since: float | None = None
         self.outages = 0
@@ -137,12 +165,22 @@ class RedisLink:
     def down(self) -> bool:
         return self.down_since is not None
 
-    # key names: HMACs of what they are for, per key generation
+    # key names: HMACs of what they are for, per key generation; with Redis Cluster, each behind the
+    # hash tag of its client's bucket, so one script's keys are on one slot
+    def who(self, client: str, generation: int = 0) -> str:
+        return self._name("client", client, "", generation)
+
+    def tag(self, client: str, generation: int = 0) -> str:
+        """PREFIX, and for Redis Cluster the client's bucket as a hash tag: where its keys' names start."""
+        if not self.cluster:
+            return PREFIX
+        return PREFIX + "{" + self.who(client, generation)[:2] + "}"
+
     def grant_key(self, client: str, origin: Origin, generation: int = 0) -> str:
-        return PREFIX + "g:" + self._name("grant", client, str(origin), generation)
+        return self.tag(client, generation) + "g:" + self._name("grant", client, str(origin), generation)
 
     def watch_key(self, client: str, origin: Origin, generation: int = 0) -> str:
-        return PREFIX + "w:" + self._name("origin", client, str(origin), generation)
+        return self.tag(client, generation) + "w:" + self._name("origin", client, str(origin), generation)
 
     def _name(self, kind: str, client: str, what: str, generation: int) -> str:
         """sealer.name, remembered: a download asks for the same client's and origin's keys again and again."""
@@ -151,7 +189,8 @@ class RedisLink:
         if name is None:
             if len(self._names) >= MAX_VIEWS:
                 self._names.clear()
-            name = self._names[key] = self.sealer.name(kind, client, what, generation=generation)
+            parts = (kind, client, what) if what else (kind, client)
+            name = self._names[key] = self.sealer.name(*parts, generation=generation)
         return name
 
     def view(self, client: str, origin: Origin) -> tuple[Any, Any] | None:
@@ -175,7 +214,17 @@ class RedisLink:
         self.views[(client, str(origin))] = (epoch, watched, granted, time.monotonic())
 
     def queue_key(self, client: str, url: str, generation: int = 0) -> str:
-        return PREFIX + "p:" + self.sealer.name("url", client, url, generation=generation)
+        return self.tag(client, generation) + "p:" + self.sealer.name("url", client, url, generation=generation)
+
+    def presence_keys(self) -> list[str]:
+        """Redis Cluster: every bucket's presence set."""
+        return [f"{PREFIX}{{{bucket:02x}}}{presence.SET}" for bucket in range(BUCKETS)]
+
+    def max_in_bucket(self, max_entries: int) -> int:
+        """What the bound allows one GRANT to count against: the fleet's, or a bucket's share of it."""
+        if not self.cluster:
+            return max_entries
+        return max(1, -(-int(max_entries * BUCKET_SLACK) // BUCKETS))
 
     def prefetched(self, client: str, origin: Origin, what: str) -> tuple[bool, Any]:
         """(True, raw value) when this request's previous call already fetched it."""
@@ -263,7 +312,8 @@ class RedisLink:
         store that does not answer is marked down at once, as after a failed call: nothing waits on it,
         and credhop_store_up says so before the first request does."""
         parts = urlsplit(self.url)
-        kind = f"primary of Sentinel service {parts.path.strip('/')}" if "sentinel" in parts.scheme else ""
+        kind = f"primary of Sentinel service {parts.path.strip('/')}" if "sentinel" in parts.scheme else \
+            "Redis Cluster" if self.cluster else ""
         report = await store_check.check(self.redis, self.sealer, self.where, self.timeout, kind, write)
         if not report.answers and self.down_since is None:
             self._mark_down()
@@ -433,13 +483,14 @@ class RedisStore:
         self.link, self.clock = link, clock
         self.local = MemoryStore(max_entries, max_per_client, clock=clock)
         self.max_entries, self.max_per_client = max_entries, self.local.max_per_client
-        self.shared = 0  # grants the fleet held at this instance's last grant
+        self.shared = 0  # grants the fleet held at this instance's last grant (into each bucket)
+        self._held_in: dict[str, int] = {}  # key tag (a Redis Cluster bucket; one for a primary) -> grants held
         self.evicted = 0
         self._opened: dict[tuple[bytes, str], Grant] = {}  # (sealed value, key) -> what it holds
 
     def _keys(self, client: str, origin: Origin, generation: int = 0) -> tuple[str, str, str]:
-        who = self.link.sealer.name("client", client, generation=generation)
-        return self.link.grant_key(client, origin, generation), PREFIX + "c:" + who, who
+        who = self.link.who(client, generation)
+        return self.link.grant_key(client, origin, generation), self.link.tag(client, generation) + "c:" + who, who
 
     async def grant(self, grant: Grant) -> Refusal | None:
         refusal = self.local.refusal(grant)  # what this instance granted itself stands, Redis or not
@@ -472,6 +523,9 @@ class RedisStore:
         ekeys, eargs, expires = pending._expect_call(*expected)
 
         async def both() -> Any:
+            if self.link.cluster:  # a cluster pipeline cannot load a script a node lacks: side by side
+                return await asyncio.gather(self.link.script("grant", GRANT)(keys=gkeys, args=gargs),
+                                            self.link.script("expect", EXPECT)(keys=ekeys, args=eargs))
             pipe = self.link.redis.pipeline(transaction=False)
             await self.link.script("grant", GRANT)(keys=gkeys, args=gargs, client=pipe)
             await self.link.script("expect", EXPECT)(keys=ekeys, args=eargs, client=pipe)
@@ -488,10 +542,11 @@ class RedisStore:
         key, index, who = self._keys(grant.client, grant.origin)
         sealer, now = self.link.sealer, self.clock()
         ttl_ms = max(1, int((grant.expires - now) * 1000))
-        keys = [key, index, PREFIX + "clients", PREFIX + "total", presence.KEY]
+        tag = self.link.tag(grant.client)
+        keys = [key, index, tag + "clients", tag + "total", tag + presence.SET]
         args = [sealer.name("issuer", str(grant.issuer)), sealer.name("fp", grant.fingerprint),
                 sealer.seal(_grant_bytes(grant), key), int(grant.expires * 1000), ttl_ms, int(now * 1000),
-                self.max_per_client, self.max_entries, who, PREFIX + "c:", presence.CHANNEL,
+                self.max_per_client, self.link.max_in_bucket(self.max_entries), who, tag + "c:", presence.CHANNEL,
                 int((now - presence.SKEW) * 1000)]
         return keys, args
 
@@ -503,7 +558,8 @@ class RedisStore:
             return Refusal(Why.SWAP_REFUSED, f"{grant.origin} already holds a live credential handed out by {issuer}")
         if answer is not None:
             self.evicted += int(answer[1])
-            self.shared = int(answer[2])
+            self._held_in[self.link.tag(grant.client)] = int(answer[2])
+            self.shared = sum(self._held_in.values())
             self.link.presence.wrote(grant.client, grant.expires)
         return await self.local.grant(grant)
 
@@ -657,10 +713,9 @@ class RedisPending:
         expires = now + self.ttl
         queue = self.link.queue_key(client, url)
         watch = self.link.watch_key(client, origin)
-        who = self.link.presence.name(client)
-        index = PREFIX + "pc:" + who
+        who, tag = self.link.presence.name(client), self.link.tag(client)
         body = _position_bytes(client, position, expires)
-        keys = [queue, watch, index, presence.KEY, PREFIX + "pq:" + who]
+        keys = [queue, watch, tag + "pc:" + who, tag + presence.SET, tag + "pq:" + who]
         args = [sealer.seal(body, queue), sealer.seal(body, watch), int(expires * 1000), int(self.ttl * 1000),
                 int(now * 1000), 2 * self.max_per_client, MAX_QUEUE, MAX_WATCH, who, presence.CHANNEL]
         return keys, args, expires
@@ -699,7 +754,7 @@ class RedisPending:
     async def _lookup(self, client: str, queue: str, origin: Origin) -> Any:
         epoch = self.link.presence.epoch(client)  # before asking: a write after it changes it
         keys = [queue, self.link.watch_key(client, origin), self.link.grant_key(client, origin),
-                PREFIX + "pq:" + self.link.presence.name(client)]
+                self.link.tag(client) + "pq:" + self.link.presence.name(client)]
         popped, watched, granted, queued = await self.link.script("follow", FOLLOW)(
             keys=keys, args=[int(self.clock() * 1000)])
         watched = watched or []

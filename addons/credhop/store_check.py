@@ -99,10 +99,18 @@ async def _describe(client: Any, report: StoreReport, timeout: float) -> None:
     info = _info(await asyncio.wait_for(client.info(), timeout))
     report.version = info.get("redis_version", "?")
     mode, role = info.get("redis_mode", "standalone"), info.get("role", "master")
-    if mode == "cluster":
+    if mode == "cluster" and report.kind == "Redis Cluster":
+        cluster = await asyncio.wait_for(client.cluster_info(), timeout)
+        report.kind = f"Redis Cluster of {cluster.get('cluster_size', '?')} primaries"
+        if cluster.get("cluster_state") != "ok":
+            report.problem = (f"is a Redis Cluster whose state is {cluster.get('cluster_state')!r}: some slots "
+                              "have no primary answering")
+    elif mode == "cluster":
         report.kind = "Redis Cluster node"
-        report.problem = ("is a Redis Cluster node: credhop's scripts need one primary (a redis:// or "
-                          "redis+sentinel:// store); Redis Cluster is not supported yet")
+        report.problem = ("is a Redis Cluster node: name the cluster as redis+cluster://host:port[,host:port…] "
+                          "(a redis:// store is one primary)")
+    elif report.kind == "Redis Cluster":
+        report.problem = "is not a Redis Cluster node: use redis://host:port for one primary"
     elif role != "master":
         report.kind = "replica"
         report.problem = "is a replica, which refuses writes: point credhop_store at the primary, or use redis+sentinel://"

@@ -96,7 +96,7 @@ def test_a_replica_and_a_cluster_node_are_refused(redis, tmp_path):
         replica = look(f"redis://127.0.0.1:{replica_port}/0", write=False)[0]
         assert replica.kind == "replica" and "refuses writes" in replica.problem, replica
         node = look(f"redis://127.0.0.1:{cluster_port}/0", write=False)[0]
-        assert node.kind == "Redis Cluster node" and "Redis Cluster is not supported yet" in node.problem, node
+        assert node.kind == "Redis Cluster node" and "redis+cluster://" in node.problem, node
     finally:
         for p in procs:
             p.terminate()
