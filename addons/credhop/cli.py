@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true",
                        help="fail on warnings too (such as a rule injecting over plaintext http into any host)")
     check.add_argument("--store", metavar="URL", help="a credhop_store URL to check (redis://, rediss://, "
-                       "unix://, redis+sentinel://)")
+                       "unix://, redis+sentinel://, redis+cluster://)")
     check.add_argument("--store-key", metavar="FILE", type=Path, help="the fleet's credhop_store_key file")
     check.add_argument("--store-timeout", metavar="MS", type=_positive, default=200,
                        help="each call's deadline, as credhop_store_timeout (default 200)")

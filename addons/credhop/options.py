@@ -60,7 +60,8 @@ OPTIONS = (
     # a fleet of proxies (docs/fleet.md)
     Option("credhop_store", str, "memory",
            "Where grants and pending follow-ups live: 'memory' (this process) or a Redis URL shared by a "
-           "fleet of proxies (redis://, rediss://, unix://, redis+sentinel://host:port,…/service)."),
+           "fleet of proxies (redis://, rediss://, unix://, redis+sentinel://host:port,…/service, "
+           "redis+cluster://host:port,…)."),
     Option("credhop_store_key", str, "",
            "With a Redis store: file of 64-hex-digit keys (openssl rand -hex 32), one per line, shared by the "
            "fleet. The first seals what Redis holds; the others are still accepted for reading (rotation)."),
