@@ -189,6 +189,10 @@ class EventLog:
 # seconds a follow-up's 401 waits for the client to ask again with credentials (pip does, at once)
 # before its chain is judged: curl, uv and most clients never ask again, and their chain ends there
 RETRY_GRACE = 1.0
+# seconds a redirect whose Location carried a credential waits for its follow-up before its chain is
+# judged: clients follow within milliseconds; one that never does stopped, or was refused before any
+# flow existed (uv 0.5.25 in observe mode through an http:// proxy: CH503)
+FOLLOW_GRACE = 10.0
 
 
 class RecentChains:
@@ -205,6 +209,7 @@ class RecentChains:
         self._chains: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._failed: set[str] = set()
         self._awaiting: OrderedDict[str, float] = OrderedDict()  # chain -> when its follow-up got a 401
+        self._unfollowed: OrderedDict[str, float] = OrderedDict()  # chain -> when its credential redirect came
         self.diagnosed = 0  # how often a chain was diagnosed: the cost this class keeps low
         self.cleared = 0  # chains that ended well by a look at their records, without a diagnosis
         self.version = 0  # one more per record kept: the live chains page redraws when it moves
@@ -220,15 +225,20 @@ class RecentChains:
                     chain, _ = self._chains.popitem(last=False)
                     self._failed.discard(chain)
                     self._awaiting.pop(chain, None)
+                    self._unfollowed.pop(chain, None)
             if len(records) < self.max_records:
                 records.append(data)
                 self.version += 1
+        if self._unfollowed:
+            self._unfollowed.pop(record.chain, None)  # the chain went on
         if self._ends(record):
             self._judge(record.chain)
         elif self._may_end(record):
             self._awaiting[record.chain] = self.clock()
             self._awaiting.move_to_end(record.chain)
-        if self._awaiting:
+        elif type(record) is RedirectRecord and record.fingerprint and record.action is not Action.BLOCK:
+            self._unfollowed[record.chain] = self.clock()
+        if self._awaiting or self._unfollowed:
             self.judge_due()
 
     @staticmethod
@@ -248,19 +258,22 @@ class RecentChains:
         return isinstance(record, ResponseRecord) and not record.reuse and record.status == 401 and not record.retry
 
     def judge_due(self, everything: bool = False) -> None:
-        """Judge the chains whose 401 had no retry within RETRY_GRACE (all of them at shutdown). Called
-        with each record and once a second, so a 401 chain is judged within about two seconds."""
+        """Judge the chains whose 401 had no retry within RETRY_GRACE, and those whose credential redirect had
+        no follow-up within FOLLOW_GRACE (all of them at shutdown). Called with each record and once a
+        second, so a 401 chain is judged within about two seconds."""
         now = self.clock()
-        while self._awaiting:
-            chain, since = next(iter(self._awaiting.items()))
-            if not everything and now - since < RETRY_GRACE:
-                return
-            del self._awaiting[chain]
-            if chain in self._chains:
-                self._judge(chain)
+        for waiting, grace in ((self._awaiting, RETRY_GRACE), (self._unfollowed, FOLLOW_GRACE)):
+            while waiting:  # oldest first: each dict's graces are all the same
+                chain, since = next(iter(waiting.items()))
+                if not everything and now - since < grace:
+                    break
+                del waiting[chain]
+                if chain in self._chains:
+                    self._judge(chain)
 
     def _judge(self, chain_id: str) -> None:
         self._awaiting.pop(chain_id, None)  # a retry came: judged now
+        self._unfollowed.pop(chain_id, None)
         if chain_id in self._failed:
             return
         records = self._chains[chain_id]

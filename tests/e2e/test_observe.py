@@ -13,7 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from credhop.sinks import FOLLOW_GRACE
 from tests.e2e.harness import REPO, Mitmdump
+from tests.e2e.test_proxy import wait_for
 from tests.e2e.test_clients import CLIENTS, installed
 from tests.secrets_check import assert_no_leak, leaks
 
@@ -33,7 +35,11 @@ def masked(text: str, forms: set[str]) -> str:
 def test_observe_mode_over_http_fails_the_report_and_names_the_request_line(registry_factory, tmp_path, forms):
     registry = registry_factory("http", 404)
     with Mitmdump(tmp_path / "proxy", registry.test_ca, options={"credhop_observe": "true"}) as proxy:
+        assert "observe mode (credhop_observe=true): credhop changes nothing" in proxy.output  # said at start
         result = CLIENTS["uv-0.5.25"](registry, tmp_path / "client", proxy)
+        # and live: no follow-up came within the grace, so the chain is judged and warned about
+        assert wait_for(lambda: " failed: CH503 " in proxy.output, FOLLOW_GRACE + 10), proxy.output[-3000:]
+    assert "chains_failed=1" in proxy.output  # the stats line at shutdown
     # what happened: uv sent the userinfo in its request line, mitmproxy answered 400, the index saw nothing
     assert result.returncode != 0 and "400 Bad Request" in result.output, masked(result.output, forms)
     assert leaks(result.output, forms), "uv 0.5.25 no longer prints the token: revisit the observe warning"

@@ -10,7 +10,7 @@ import pytest
 from credhop.diagnosis import diagnose, parse_records
 from credhop.records import Action, ErrorRecord, Event, InjectRecord, RedirectRecord, ResponseRecord, Why
 from credhop.scrub import Redactor
-from credhop.sinks import COUNTERS, RETRY_GRACE, Counters, EventLog, HopLogFile, RecentChains, level_of
+from credhop.sinks import COUNTERS, FOLLOW_GRACE, RETRY_GRACE, Counters, EventLog, HopLogFile, RecentChains, level_of
 
 BASE = dict(ts=1.5, client="10.0.0.5", chain="c1", hop=0, flow="f", method="GET",
             url="https://redirector.example/simple/pkg/")
@@ -130,6 +130,31 @@ def test_a_401_without_a_retry_ends_its_chain_after_the_grace_and_with_a_retry_n
     assert [c.id for c in judged] == ["pip", "curl"]
     recent.judge_due(everything=True)  # nothing left to judge twice
     assert len(judged) == 2
+
+
+def test_a_credential_redirect_never_followed_is_judged_after_the_grace():
+    # observe mode, uv 0.5.25 through an http:// proxy: mitmproxy refuses its follow-up before any flow
+    # exists, so the redirect is the chain's last record (CH503); the proxy warns about it all the same
+    now = [100.0]
+    failed, judged = [], []
+    recent = RecentChains(failed.append, clock=lambda: now[0], on_judged=judged.append)
+    observed = dict(action=Action.INJECT, observe=True, fingerprint="hm:1", rule="registry", user="aws",
+                    location="http://aws:***@registry.example/", target="http://registry.example")
+    recent.emit(redirect(chain="refused", **observed))
+    recent.emit(redirect(chain="stopped", **{**observed, "location": "https://aws:***@registry.example/",
+                                              "target": "https://registry.example"}))
+    recent.emit(redirect(chain="followed", **observed))
+    recent.emit(ResponseRecord(**{**BASE, "chain": "followed", "hop": 1, "flow": "g",
+                                  "url": "http://registry.example/"}, status=200))
+    now[0] += FOLLOW_GRACE / 2
+    recent.judge_due()
+    assert failed == [] and [c.id for c in judged] == ["followed"]
+    now[0] += FOLLOW_GRACE
+    recent.judge_due()
+    assert [c.id for c in failed] == ["refused"] and failed[0].findings[0].code == "CH503"
+    assert {c.id: c.verdict for c in judged} == {"followed": "ok", "refused": "failed", "stopped": "unknown"}
+    recent.judge_due(everything=True)
+    assert len(judged) == 3 and len(failed) == 1
 
 
 def test_every_awaited_401_chain_is_judged_at_shutdown():
