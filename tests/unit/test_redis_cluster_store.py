@@ -244,3 +244,20 @@ def test_a_primary_killed_mid_traffic_bounds_every_call_and_sharing_resumes(clus
     finally:
         cluster.start_again(victim)
         cluster.wait_ok()
+
+
+def test_credhop_check_store_names_the_cluster(fresh, tmp_path):
+    import io
+
+    from credhop import cli
+
+    key = tmp_path / "store.key"
+    key.write_text(KEY.hex() + "\n")
+    key.chmod(0o600)
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["check", "--store", fresh.url, "--store-key", str(key)], out=out, err=err) == 0, err.getvalue()
+    assert "Redis Cluster of 3 primaries" in out.getvalue() and "Redis 7." in out.getvalue()
+    node = fresh.url.removeprefix("redis+cluster://").split(",")[0]
+    out, err = io.StringIO(), io.StringIO()  # one node of it named as a single primary: refused, and why
+    assert cli.main(["check", "--store", f"redis://{node}", "--store-key", str(key)], out=out, err=err) == 1
+    assert "redis+cluster://" in err.getvalue()
