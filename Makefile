@@ -20,7 +20,7 @@ HOPLOG ?= credhop-hops.jsonl
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither" || true
 PYTEST_ARGS ?=
 
-.PHONY: help run run-deps test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps bench bench-instructions bench-deps clean
+.PHONY: help run run-deps test test-unit test-e2e test-compat deps tools system-deps fixture demo clients clients-deps bench bench-instructions bench-deps fleet-bench clean
 
 help:
 	@echo "make run    start the proxy (credhop proxy: mitmdump with credhop) and $(RULES) on $(LISTEN_HOST):$(LISTEN_PORT)"
@@ -128,6 +128,11 @@ bench: bench-deps $(UV_OLD)
 # valgrind (callgrind) counts the instructions: system-deps installs it
 bench-instructions: deps system-deps
 	CREDHOP_BENCH_MAKE=1 $(VENV)/bin/python scripts/bench.py --instructions $(BENCH_ARGS)
+
+# 1 to 4 instances behind haproxy, Redis store against memory + sticky, 1,000 and 10,000 clients (< 15 min);
+# redis-server and haproxy from system-deps. FLEET_BENCH_ARGS=--quick: a minute or two
+fleet-bench: bench-deps system-deps
+	CREDHOP_BENCH_MAKE=1 $(VENV)/bin/python scripts/fleet_bench.py $(FLEET_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENVS) .tools .pytest_cache .hypothesis

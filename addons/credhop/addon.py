@@ -238,7 +238,8 @@ class CredHop:
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live or flow.is_replay == "request":
             return None
-        if self.operator.refuses(flow.request.host, flow.request.port):
+        operator = self.operator
+        if flow.request.port == operator.port and operator.refuses(flow.request.host, operator.port):
             flow.response = http.Response.make(403, OPERATOR_REFUSED, {"content-type": "text/plain; charset=utf-8"})
             log.warning("credhop: refused a request through the proxy to the operator listener (from %s)",
                         flow.client_conn.peername[0] if flow.client_conn.peername else "?")
