@@ -95,22 +95,19 @@ class ChainsPage:
 
     # -- the chains -----------------------------------------------------------------------------
 
-    def chains(self) -> tuple[list[Chain], list[tuple[str, list[dict[str, Any]]]]]:
-        """Newest first, each diagnosed once per new record; and the (redacted) records they came from."""
+    def chains(self) -> list[Chain]:
+        """Newest first; a chain is diagnosed again only when it got a record since it was last drawn."""
         redactor = self.redactor()
-        taken = self.snapshot()
         drawn: dict[str, tuple[int, list[Chain]]] = {}
         out: list[Chain] = []
-        records_of: list[tuple[str, list[dict[str, Any]]]] = []
-        for chain_id, records in reversed(taken):
+        for chain_id, records in reversed(self.snapshot()):
             seen = self._drawn.get(chain_id)
             if seen is None or seen[0] != len(records):
                 seen = (len(records), diagnose([redactor.record(r) for r in records]))
             drawn[chain_id] = seen
             out.extend(seen[1])
-            records_of.append((chain_id, records))
         self._drawn = drawn  # forgets the chains RecentChains let go
-        return out, records_of
+        return out
 
     # -- WSGI -------------------------------------------------------------------------------------
 
@@ -125,7 +122,7 @@ class ChainsPage:
         if path == "/chains":
             return _answer(start_response, "200 OK", "text/html", self.listing(filters).encode())
         if path == "/chains.json":
-            chains = [c for c in self.chains()[0] if filters.take(c)][: filters.limit]
+            chains = [c for c in self.chains() if filters.take(c)][: filters.limit]
             return _answer(start_response, "200 OK", "application/json", render_json(chains).encode())
         if path.startswith("/chain/") and path.endswith(".jsonl"):
             return self._records(path[len("/chain/"):-len(".jsonl")], start_response)
@@ -171,8 +168,8 @@ class ChainsPage:
 
     # -- HTML -------------------------------------------------------------------------------------
 
-    def listing(self, filters: Filters) -> str:
-        chains, _ = self.chains()
+    def listing(self, filters: Filters, chains: list[Chain] | None = None) -> str:
+        chains = self.chains() if chains is None else chains
         shown = [c for c in chains if filters.take(c)]
         total = len(shown)
         shown = shown[: filters.limit]
@@ -196,7 +193,7 @@ class ChainsPage:
                 f'<a href="{escaped(href)}" download>records (JSON Lines, for credhop report)</a></p>')
 
     def page(self, filters: Filters, nonce: str) -> str:
-        chains, _ = self.chains()
+        chains = self.chains()  # once: the filter form and the list both read it
         clients = sorted({c.client for c in chains})
         rules = sorted({h.rule for c in chains for h in c.hops if h.rule})
         codes = sorted({f.code for c in chains for f in c.findings})
@@ -220,7 +217,7 @@ class ChainsPage:
                 '<meta name="viewport" content="width=device-width"><title>credhop: live chains</title>'
                 f'<style>{PAGE_CSS}</style></head><body><header><h1>credhop: live chains</h1>'
                 f'<p class="scope">{scope} · {json_link} · <a href="metrics">metrics</a></p>{LEGEND}{form}'
-                f'</header><main id="chains">{self.listing(filters)}</main>'
+                f'</header><main id="chains">{self.listing(filters, chains)}</main>'
                 f'<script nonce="{nonce}">{SCRIPT}</script></body></html>\n')
         return scrub(page)
 

@@ -81,9 +81,11 @@ def is_cluster(url: str) -> bool:
 def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
     hosts = []
     for item in netloc.rpartition("@")[2].split(","):
-        host, _, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
-        if not port.isdigit():
-            raise StoreConfigError(f"credhop_store: {item!r} is not HOST:PORT")
+        host, colon, port = item.rpartition(":")
+        if not colon or item.endswith("]") or host.count(":") and not host.endswith("]"):
+            host, port = item, ""  # no port given (a bare IPv6 address has colons of its own)
+        if port and not port.isdigit():
+            raise StoreConfigError(f"credhop_store: {item!r} is not HOST[:PORT]")
         hosts.append((host.strip("[]") or "localhost", int(port or default_port)))
     return hosts
 
@@ -168,7 +170,9 @@ class RedisLink:
     # key names: HMACs of what they are for, per key generation; with Redis Cluster, each behind the
     # hash tag of its client's bucket, so one script's keys are on one slot
     def who(self, client: str, generation: int = 0) -> str:
-        return self._name("client", client, "", generation)
+        """The client's sealed name (presence keeps the current key's, remembered)."""
+        return self.presence.name(client) if generation == 0 else self.sealer.name("client", client,
+                                                                                    generation=generation)
 
     def tag(self, client: str, generation: int = 0) -> str:
         """PREFIX, and for Redis Cluster the client's bucket as a hash tag: where its keys' names start."""
@@ -189,8 +193,7 @@ class RedisLink:
         if name is None:
             if len(self._names) >= MAX_VIEWS:
                 self._names.clear()
-            parts = (kind, client, what) if what else (kind, client)
-            name = self._names[key] = self.sealer.name(*parts, generation=generation)
+            name = self._names[key] = self.sealer.name(kind, client, what, generation=generation)
         return name
 
     def view(self, client: str, origin: Origin) -> tuple[Any, Any] | None:
@@ -713,7 +716,7 @@ class RedisPending:
         expires = now + self.ttl
         queue = self.link.queue_key(client, url)
         watch = self.link.watch_key(client, origin)
-        who, tag = self.link.presence.name(client), self.link.tag(client)
+        who, tag = self.link.who(client), self.link.tag(client)
         body = _position_bytes(client, position, expires)
         keys = [queue, watch, tag + "pc:" + who, tag + presence.SET, tag + "pq:" + who]
         args = [sealer.seal(body, queue), sealer.seal(body, watch), int(expires * 1000), int(self.ttl * 1000),
@@ -754,7 +757,7 @@ class RedisPending:
     async def _lookup(self, client: str, queue: str, origin: Origin) -> Any:
         epoch = self.link.presence.epoch(client)  # before asking: a write after it changes it
         keys = [queue, self.link.watch_key(client, origin), self.link.grant_key(client, origin),
-                self.link.tag(client) + "pq:" + self.link.presence.name(client)]
+                self.link.tag(client) + "pq:" + self.link.who(client)]
         popped, watched, granted, queued = await self.link.script("follow", FOLLOW)(
             keys=keys, args=[int(self.clock() * 1000)])
         watched = watched or []

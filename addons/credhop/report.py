@@ -134,7 +134,7 @@ MOVE_WORDS = {
 # -- text ------------------------------------------------------------------------------------------
 
 
-class _Paint:
+class Paint:
     def __init__(self, color: bool) -> None:
         self.color = color
 
@@ -142,7 +142,7 @@ class _Paint:
         return f"\x1b[{ANSI[style]}m{text}\x1b[0m" if self.color and style in ANSI else text
 
 
-def _hop_line(hop: Hop, paint: _Paint) -> str:
+def _hop_line(hop: Hop, paint: Paint) -> str:
     status = str(hop.status) if hop.status is not None else "—"
     if hop.downloads:
         statuses = ", ".join(f"{n}× {code}" for code, n in sorted(hop.statuses.items()))
@@ -157,7 +157,7 @@ def _hop_line(hop: Hop, paint: _Paint) -> str:
     return " · ".join(p for p in (_s(head), _s(credential_text(hop)), codes) if p)
 
 
-def _chain_text(chain: Chain, paint: _Paint) -> list[str]:
+def _chain_text(chain: Chain, paint: Paint) -> list[str]:
     main = chain.main
     top = chain.findings[0] if chain.findings else None
     mark = paint(VERDICT_MARK[chain.verdict], chain.verdict)
@@ -199,7 +199,7 @@ def _malformed_note(malformed: list[int]) -> str:
 
 def render_text(chains: list[Chain], color: bool = False, malformed: list[int] | None = None) -> str:
     """Each chain as a tree, worst chains first, so the first line names the worst chain's cause."""
-    paint = _Paint(color)
+    paint = Paint(color)
     blocks = ["\n".join(_chain_text(chain, paint)) for chain in chains]
     footer = [totals_line(chains) if chains else "no redirect chains in the hop log"]
     if malformed:

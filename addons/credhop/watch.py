@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from .chains import origin_of, parse_records
 from .diagnosis import Chain, diagnose
-from .report import VERDICT_MARK, Selection, _Paint, hint_label, totals_line
+from .report import VERDICT_MARK, Selection, Paint, hint_label, totals_line
 from .scrub import printable, scrub
 from .sinks import RETRY_GRACE
 
@@ -314,7 +314,7 @@ class Watch:
 
 def chain_line(chain: Chain, color: bool = False, again: bool = False) -> str:
     """One line: when the chain started, its verdict, client, first request, top finding and its hint."""
-    paint = _Paint(color)
+    paint = Paint(color)
     try:
         when = time.strftime("%H:%M:%S", time.localtime(chain.start))
     except (OverflowError, OSError, ValueError):  # a `ts` no clock can show

@@ -85,6 +85,15 @@ def test_the_url_names_a_cluster_and_hides_its_password():
     assert describe("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7000") == "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
 
 
+def test_node_lists_take_a_default_port_and_ipv6():
+    from credhop.redis_store import StoreConfigError, _hosts
+
+    assert _hosts("u:pw@a:7000,b,[::1]:7001,[::1],::1", 6379) == [
+        ("a", 7000), ("b", 6379), ("::1", 7001), ("::1", 6379), ("::1", 6379)]
+    with pytest.raises(StoreConfigError, match="HOST"):
+        _hosts("a:port", 6379)
+
+
 def test_a_clients_keys_share_one_slot_and_clients_spread_over_every_shard(fresh):
     async def go():
         one = await started(fresh.url)
