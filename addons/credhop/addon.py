@@ -31,7 +31,7 @@ from .pending import MemoryPending
 from .report import render_text, summary_line
 from .rules import RulesError
 from .rules_file import RulesRead, announce, read_rules, stamp_of
-from .scrub import Redactor, SecretFilter
+from .scrub import Redactor, SecretFilter, remembered_for
 from .sinks import EventLog, HopLogFile, NotForAddLog, RecentChains, Sinks, is_legacy_handler
 from .store import MemoryStore
 
@@ -128,7 +128,10 @@ class CredHop:
                          opts.credhop_max_credentials)
         if store_options != self._store_options:
             stores = make_stores(opts, self.clock, self.hops.store_event)
-        redactor = Redactor(headers) if headers != self.secret_headers else self.redactor
+        remembered = remembered_for(opts.credhop_max_credentials)
+        redactor = self.redactor
+        if headers != self.secret_headers or remembered != redactor.remembered:
+            redactor = Redactor(headers, remembered)
         hoplog = make_hoplog(opts.credhop_log, redactor) if "credhop_log" in updated else self.hoplog
         try:
             use_operator = self.operator.prepare(opts, updated)  # last: it may bind a port

@@ -25,6 +25,7 @@ from mitmproxy import http
 
 from .bodies import Replacer, Scrubber
 from .credentials import Fingerprinter, injected_forms
+from .deadlines import longest, within
 from .decide import REDIRECTS, FollowUp, Redirect, decide_follow_up, decide_redirect, next_position, redirect_record
 from .destination import Resolver, request_origin, verified_origin
 from .flows import (
@@ -553,8 +554,8 @@ class Hops:
             if self.local:
                 result = await call
             else:
-                deadline = max(STORE_DEADLINE, 3 * self.link.timeout) if self.link else STORE_DEADLINE
-                result = await asyncio.wait_for(call, deadline)
+                deadline = max(STORE_DEADLINE, longest(self.link.timeout)) if self.link else STORE_DEADLINE
+                result = await within(call, deadline)
         except (asyncio.TimeoutError, StoreUnavailable, OSError) as e:
             self.counters.add("store_errors")
             if self.metrics:

@@ -28,6 +28,8 @@ import logging
 import time
 from typing import Any
 
+from .deadlines import within
+
 log = logging.getLogger("credhop")
 
 CHANNEL = "credhop:v1:present"  # messages: "<sealed client name> <until, ms since the epoch>"
@@ -136,7 +138,7 @@ class Presence:
             while not self._closed:
                 now = time.monotonic()
                 if now - last_ping >= HEARTBEAT:
-                    await asyncio.wait_for(pubsub.ping(), timeout)
+                    await within(pubsub.ping(), timeout)
                     last_ping = now
                 if now - answered > STALE_AFTER:
                     raise TimeoutError("no answer to the heartbeat")
@@ -163,12 +165,12 @@ class Presence:
             pipe = self.link.redis.pipeline(transaction=False)
             for key in self.link.presence_keys():
                 pipe.zrangebyscore(key, now_ms, "+inf", withscores=True)
-            entries = [e for found in await asyncio.wait_for(pipe.execute(), max(timeout, STALE_AFTER))
+            entries = [e for found in await within(pipe.execute(), max(timeout, STALE_AFTER))
                        for e in found]
         else:
-            await asyncio.wait_for(self.link.redis.zremrangebyscore(KEY, "-inf", now_ms), timeout)
-            entries = await asyncio.wait_for(self.link.redis.zrangebyscore(KEY, now_ms, "+inf", withscores=True),
-                                             max(timeout, STALE_AFTER))
+            await within(self.link.redis.zremrangebyscore(KEY, "-inf", now_ms), timeout)
+            entries = await within(self.link.redis.zrangebyscore(KEY, now_ms, "+inf", withscores=True),
+                                   max(timeout, STALE_AFTER))
         for name, until_ms in entries:
             self._note(name.decode() if isinstance(name, bytes) else str(name), float(until_ms) / 1000)
         self.resyncs += 1

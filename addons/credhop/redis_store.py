@@ -32,6 +32,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import presence, store_check
+from .deadlines import longest, within
 from .pending import ChainPosition, MemoryPending
 from .records import Action, Why
 from .sealing import Sealer, Unsealable
@@ -102,7 +103,9 @@ def connect(url: str, timeout: float) -> Any:
     if parts.scheme not in SCHEMES:
         raise StoreConfigError(f"credhop_store must be 'memory' or a redis://, rediss://, unix:// or "
                                f"redis+sentinel:// URL, not {describe(url)!r}")
-    common: dict[str, Any] = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
+    # redis-py's own read deadline is wall time too: only a backstop behind `within`, which allows for
+    # the proxy's own lag (deadlines.py)
+    common: dict[str, Any] = dict(socket_timeout=longest(timeout) + 0.5, socket_connect_timeout=timeout,
                                   retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
                                   max_connections=256)
     auth = dict(username=unquote(parts.username) if parts.username else None,
@@ -254,7 +257,7 @@ class RedisLink:
             raise Down
         start = time.monotonic()
         try:
-            result = await asyncio.wait_for(make(), self.timeout)
+            result = await within(make(), self.timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # redis errors, OSError, TimeoutError: the store did not answer
@@ -329,7 +332,7 @@ class RedisLink:
             await asyncio.sleep(pause)
             pause = PROBE_INTERVAL
             try:
-                await asyncio.wait_for(self.redis.ping(), self.timeout)
+                await within(self.redis.ping(), self.timeout)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -74,7 +74,7 @@ class _Replay:
         self.rules, self.fingerprint, self.ttl, self.names = rules, fingerprint, ttl, secret_headers
         self.now = 0.0
         self.pending = MemoryPending(clock=lambda: self.now)
-        self.redactor = Redactor(secret_headers)
+        self.redactor = Redactor(secret_headers, remembered=sys.maxsize)  # a capture is finite: forget nothing
         self.records: list[dict[str, Any]] = []
 
     async def run(self, exchanges: Iterable[Exchange]) -> list[dict[str, Any]]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import OrderedDict
 from enum import Enum
 from typing import Iterable
 
+from .secret_index import SecretIndex
 from .urls import redact_url
 
 # Watched whatever the option says. Proxy-Authorization too: without proxyauth, mitmproxy forwards
@@ -31,12 +31,19 @@ _AUTH_WORDS = ("basic", "bearer", "digest", "negotiate", "ntlm")
 # userinfo in a request line's authority form, which has no "//" (`CONNECT user:pw@host:443 HTTP/1.1`,
 # as urllib.request sends it when it follows a Location with userinfo through a proxy)
 _AUTHORITY_FORM = re.compile(r"(?<![\w/])([A-Z]{3,10} +)([^\s/@'\"]+)@(?=[^\s/@]+ +HTTP/)")
-MAX_REMEMBERED = 4096  # spellings of secrets masked in whatever passes the filter (about 700 credentials)
-FRESH_BATCH = 64
+# spellings of secrets masked wherever they turn up, whatever the count (see secret_index); the proxy
+# sizes it from credhop_max_credentials (`remembered_for`): a held credential's secret is never forgotten
+REMEMBERED = 4096
+FORMS_PER_CREDENTIAL = 10  # its secret_forms and injected_forms, about 9 in practice
+FEW = 32  # up to this many spellings, one compiled pattern tells quicker whether text holds one
 MEMO_SIZE = 2048  # scrubbed short strings (methods, clients, rules, origins, user names) kept for reuse
-GRAM = 4  # see Redactor._may_hold_known
-FILTER_FROM = 32  # remembered spellings from which text is looked at by pieces first
 MEMO_LENGTH = 120  # longer text (most URLs) is rarely repeated
+
+
+def remembered_for(max_credentials: int) -> int:
+    """How many spellings to remember so that the secrets of every credential held stay masked, and
+    as many again forgotten by the store but maybe still in a client's hands."""
+    return max(REMEMBERED, 2 * FORMS_PER_CREDENTIAL * max_credentials)
 
 
 def secret_header_names(extra: Iterable[str] = DEFAULT_SECRET_HEADERS) -> frozenset[str]:
@@ -51,7 +58,8 @@ def secret_header_names(extra: Iterable[str] = DEFAULT_SECRET_HEADERS) -> frozen
 class Redactor:
     """Scrubs text for one set of secret header names."""
 
-    def __init__(self, header_names: Iterable[str] = secret_header_names()) -> None:
+    def __init__(self, header_names: Iterable[str] = secret_header_names(),
+                 remembered: int = REMEMBERED) -> None:
         self._names = tuple({n.lower() for n in header_names})
         self._words = self._names + _AUTH_WORDS  # either pattern needs one of these
         names = "|".join(sorted((re.escape(n) for n in set(header_names)), key=len, reverse=True))
@@ -60,73 +68,40 @@ class Redactor:
         self._header = re.compile(
             rf"(?i)(?<![\w?&=/.-])({names})(['\"]?\s*[:,]\s*b?['\"]?)([^'\"\r\n]+)"
         )
-        self._known: OrderedDict[str, None] = OrderedDict()  # spellings of secrets seen, newest last
-        self._known_re: re.Pattern[str] | None = None  # all of them but `_fresh`
-        self._fresh: list[str] = []  # added since the pattern was compiled, longest first: replaced one by one
-        # every 4-character piece of the compiled secrets (7 characters and longer) and a pattern for
-        # the shorter ones: text holding none of them skips the pattern, whose cost grows with the
-        # number of secrets remembered (see `_may_hold_known`)
-        self._grams: frozenset[str] = frozenset()
-        self._short_re: re.Pattern[str] | None = None
-        self._filtered = False
+        self._known = SecretIndex(remembered)  # spellings of secrets seen
+        self._few_re: re.Pattern[str] | None = None  # while there are few of them: all of them, or None
+        self._few_stale = False
         self._memo: dict[str, str] = {}  # see `_short`; emptied when a new secret is remembered
+
+    @property
+    def remembered(self) -> int:
+        return self._known.capacity
 
     def remember(self, forms: Iterable[str]) -> None:
         """Mask these spellings of a secret wherever they turn up, whatever surrounds them (a token
-        copied into a query, a path or a fragment). Bounded: the oldest are forgotten first."""
-        added = False
-        for form in forms:
-            if form not in self._known:
-                self._fresh.append(form)
-                added = True
-            self._known[form] = None
-            self._known.move_to_end(form)
-        if added:
+        copied into a query, a path or a fragment). Bounded: the least recently remembered are
+        forgotten first, beyond `remembered`."""
+        if self._known.add(forms):
             self._memo.clear()  # an answer made before may hold the new secret
-            self._fresh.sort(key=len, reverse=True)  # longest first, sorted here, not on every line
-        while len(self._known) > MAX_REMEMBERED:
-            self._known.popitem(last=False)
-        # compiling thousands of alternatives costs milliseconds: do it once per batch of new secrets,
-        # so a client sending a new credential with every redirect cannot make every line expensive
-        if len(self._fresh) > FRESH_BATCH:
-            self._known_re, self._fresh = None, []
-
-    def _compile(self) -> None:
-        forms = sorted(self._known, key=len, reverse=True)  # longest first: an encoded form wins over its prefix
-        self._known_re = re.compile("|".join(map(re.escape, forms)))
-        short = [f for f in forms if len(f) < 2 * GRAM - 1]
-        self._short_re = re.compile("|".join(map(re.escape, short))) if short else None
-        self._grams = frozenset(f[i:i + GRAM] for f in forms if len(f) >= 2 * GRAM - 1
-                                for i in range(len(f) - GRAM + 1))
-        self._filtered = len(forms) >= FILTER_FROM
-        self._fresh = []
+            self._few_stale = True
 
     def _may_hold_known(self, text: str) -> bool:
-        """False only when no compiled secret is in `text`. A secret of 7 or more characters covers
-        one of the 4-character blocks text[0:4], text[4:8] …, which is then one of its pieces; so
-        len(text) / 4 set lookups, however many secrets there are."""
-        if not self._filtered:  # a few secrets: their pattern is quicker than the lookups
+        """Whether `text` may hold a remembered secret. Few of them: one pattern of them all, compiled
+        again when one is added (a few times in a process's life); then the index alone."""
+        if len(self._known) > FEW:
             return True
-        if self._short_re is not None and self._short_re.search(text):
-            return True
-        grams = self._grams
-        for i in range(0, len(text) - GRAM + 1, GRAM):
-            if text[i:i + GRAM] in grams:
-                return True
-        return False
+        if self._few_stale or self._few_re is None:
+            forms = self._known.forms()
+            self._few_re = re.compile("|".join(map(re.escape, forms)))
+            self._few_stale = False
+        return self._few_re.search(text) is not None
 
     def known(self) -> list[str]:
-        return list(self._known)
+        return self._known.forms()
 
     def __call__(self, text: str) -> str:
-        if self._known:
-            if self._known_re is None:
-                self._compile()
-            if self._fresh:
-                for form in self._fresh:
-                    text = text.replace(form, "***")
-            if self._may_hold_known(text):
-                text = self._known_re.sub("***", text)  # type: ignore[union-attr]
+        if len(self._known) and self._may_hold_known(text):
+            text = self._known.mask(text)
         text = redact_url(text)
         if "@" in text and "HTTP/" in text:  # the pattern's lookahead needs both
             text = _AUTHORITY_FORM.sub(lambda m: f"{m[1]}***@", text)

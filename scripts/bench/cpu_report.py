@@ -254,8 +254,9 @@ def write_report(args: argparse.Namespace, rows: list[dict], micro_out: dict, in
     if micro_out.get("scrubbing"):
         lines += ["", "### Scrubbing what credhop writes (`Redactor`, with credentials remembered)", "",
                   "Every line and record field credhop writes passes the `Redactor`, which masks every spelling of "
-                  "every secret it has seen (at most 4,096 spellings). From 32 spellings on, text is first looked "
-                  "at in 4-character blocks against the pieces of the secrets, so the cost stays flat.", "",
+                  "every secret it has seen (as many as 20 per credential the proxy may hold). Up to 32 spellings one "
+                  "pattern of them tells whether to look; beyond, text is looked up in 4-character blocks against "
+                  "the pieces of the secrets' tails (`secret_index.py`), so the cost stays flat.", "",
                   "| credentials remembered | spellings | event line of a credential redirect (µs) | a follow-up URL (µs) |",
                   "| --- | --- | --- | --- |"]
         for r in micro_out["scrubbing"]:

@@ -223,7 +223,7 @@ def scrubbing(counts: list[int], budget: float) -> list[dict]:
     """`Redactor` on a credential redirect's event line and on a follow-up URL, with `n` credentials
     remembered (each a user and a 24-character token, as secret_forms spells them)."""
     from credhop.credentials import Credential
-    from credhop.scrub import Redactor
+    from credhop.scrub import Redactor, remembered_for
 
     line = ("credhop [e7503a79805888df#0] 127.0.1.2 redirect: 302 http://127.0.0.1:36279/r/m-1-1497 -> "
             "http://aws:***@127.0.0.2:33141/f/m-1-1497 rule=default action=inject credential user=aws "
@@ -231,10 +231,9 @@ def scrubbing(counts: list[int], budget: float) -> list[dict]:
     url = "https://registry.example/pypi/simple/some-package-name/?page=2&sort=name#downloads-and-files"
     rows = []
     for n in counts:
-        redactor = Redactor()
+        redactor = Redactor(remembered=remembered_for(n))
         for i in range(n):
             redactor.remember(Credential("aws", f"tok{i:06d}" + "q" * 15).secret_forms())
-        redactor(line)  # compiles the secrets' pattern
         rows.append({"credentials": n, "forms": len(redactor.known()),
                      "line_us": per_call(lambda: redactor(line), budget) * 1e6,
                      "url_us": per_call(lambda: redactor(url), budget) * 1e6})

@@ -19,7 +19,7 @@ from credhop.addon import CredHop
 from credhop.credentials import base64_cores, injected_forms
 from credhop.flows import client_of
 from credhop.output import RedactingStream, redact_dumper, unredact_dumper, unredacted_warning
-from credhop.scrub import Redactor
+from credhop.scrub import Redactor, remembered_for
 from tests.secrets_check import Secret, assert_no_leak, secret_forms
 from tests.unit.addon_helpers import ENCODED, TOKEN, basic, run_redirect, send
 
@@ -158,3 +158,12 @@ def test_the_store_error_never_prints_a_password():
         with pytest.raises(exceptions.OptionsError) as e:
             tctx.configure(addon, credhop_store=f"http://u:{Secret('pw-in-url-1234')}@h:1")
         assert "pw-in-url" not in str(e.value)
+
+
+def test_the_proxy_remembers_as_many_secrets_as_it_may_hold_credentials(hop):
+    hop.addon.redactor.remember(["a-secret-remembered-before"])
+    hop.tctx.configure(hop.addon, credhop_max_credentials=50_000)
+    assert hop.addon.redactor.remembered == remembered_for(50_000) >= 500_000
+    # a new bound makes a new Redactor; what the old one knew is carried over
+    assert hop.addon.redactor("x a-secret-remembered-before y") == "x *** y"
+    assert hop.addon.filter.redactor is hop.addon.redactor

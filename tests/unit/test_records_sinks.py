@@ -169,7 +169,7 @@ def test_every_awaited_401_chain_is_judged_at_shutdown():
     assert len(failed) == 1
 
 
-def test_the_redactor_masks_new_secrets_at_once_and_compiles_in_batches():
+def test_the_redactor_masks_new_secrets_at_once_however_many():
     r = Redactor()
     r.remember({"first-secret-1"})
     assert r("x first-secret-1 y") == "x *** y"
