@@ -31,19 +31,6 @@ def test_an_answer_that_came_while_the_loop_was_busy_is_taken():
     assert asyncio.run(go()) == "answered"
 
 
-def test_wait_for_fails_that_same_call():
-    # the reason for `within`: this is what the store's calls did before
-    async def go():
-        loop = asyncio.get_running_loop()
-        answer = loop.create_future()
-        loop.call_later(TIMEOUT / 2, answer.set_result, "answered")
-        loop.call_later(TIMEOUT / 4, block_loop, TIMEOUT * 3)
-        return await asyncio.wait_for(answer, TIMEOUT)
-
-    with pytest.raises(asyncio.TimeoutError):
-        asyncio.run(go())
-
-
 @pytest.mark.parametrize("busy", [0.0, TIMEOUT * 3])
 def test_a_call_never_answered_fails_within_its_graces_plus_the_lag(busy):
     async def go():
