@@ -69,8 +69,7 @@ class Redactor:
             rf"(?i)(?<![\w?&=/.-])({names})(['\"]?\s*[:,]\s*b?['\"]?)([^'\"\r\n]+)"
         )
         self._known = SecretIndex(remembered)  # spellings of secrets seen
-        self._few_re: re.Pattern[str] | None = None  # while there are few of them: all of them, or None
-        self._few_stale = False
+        self._few_re: re.Pattern[str] | None = None  # while there are few: all of them; None when one was added
         self._memo: dict[str, str] = {}  # see `_short`; emptied when a new secret is remembered
 
     @property
@@ -83,17 +82,15 @@ class Redactor:
         forgotten first, beyond `remembered`."""
         if self._known.add(forms):
             self._memo.clear()  # an answer made before may hold the new secret
-            self._few_stale = True
+            self._few_re = None
 
     def _may_hold_known(self, text: str) -> bool:
         """Whether `text` may hold a remembered secret. Few of them: one pattern of them all, compiled
         again when one is added (a few times in a process's life); then the index alone."""
         if len(self._known) > FEW:
             return True
-        if self._few_stale or self._few_re is None:
-            forms = self._known.forms()
-            self._few_re = re.compile("|".join(map(re.escape, forms)))
-            self._few_stale = False
+        if self._few_re is None:
+            self._few_re = re.compile("|".join(map(re.escape, self._known.forms())))
         return self._few_re.search(text) is not None
 
     def known(self) -> list[str]:

@@ -79,7 +79,7 @@ class SecretIndex:
         index = self._by_piece[gram]
         for piece in _pieces(form, gram):
             held = index.get(piece)
-            if held is form or held == form:
+            if held == form:  # this form alone
                 del index[piece]
             elif type(held) is set:
                 held.discard(form)
