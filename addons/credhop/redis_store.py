@@ -46,6 +46,7 @@ T = TypeVar("T")
 PREFIX = "credhop:v1:"
 PROBE_INTERVAL = 0.5  # seconds between pings while Redis is down
 FIRST_PROBE = 0.05
+TOPOLOGY_DEADLINE = 2.0  # seconds for a cluster client's first contact (RedisLink.read_topology)
 PREFETCH_FRESH = 0.2  # seconds a prefetched answer may be used by the same request's next call
 VIEW_FOR = 30.0  # seconds a client's view of one origin (RedisLink.views) is used at most
 MAX_VIEWS = 100_000
@@ -320,10 +321,24 @@ class RedisLink:
         parts = urlsplit(self.url)
         kind = f"primary of Sentinel service {parts.path.strip('/')}" if "sentinel" in parts.scheme else \
             "Redis Cluster" if self.cluster else ""
-        report = await store_check.check(self.redis, self.sealer, self.where, self.timeout, kind, write)
+        try:
+            await self.read_topology()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            report = StoreReport(self.where, f"does not answer ({store_check.cause_of(e)})", kind)
+        else:
+            report = await store_check.check(self.redis, self.sealer, self.where, self.timeout, kind, write)
         if not report.answers and self.down_since is None:
             self._mark_down()
         return report
+
+    async def read_topology(self) -> None:
+        """A cluster client's first contact reads the slot map and redis-py's command table (COMMAND:
+        ~100 ms of parsing on an idle machine), more than a flow's deadline allows. The look at start and
+        the probe give it a deadline of its own; later calls find it read (a refresh skips COMMAND)."""
+        if self.cluster:
+            await within(self.redis.initialize(), max(self.timeout, TOPOLOGY_DEADLINE))
 
     async def _wait_until_back(self) -> None:
         await self._drop_connections()  # idle ones may point at a server that died: start afresh
@@ -332,6 +347,7 @@ class RedisLink:
             await asyncio.sleep(pause)
             pause = PROBE_INTERVAL
             try:
+                await self.read_topology()
                 await within(self.redis.ping(), self.timeout)
             except asyncio.CancelledError:
                 raise

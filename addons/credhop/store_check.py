@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .deadlines import within
 from .sealing import Sealer, Unsealable
 
 KEY_CHECK = "credhop:v1:keycheck"
@@ -77,7 +78,7 @@ async def check(client: Any, sealer: Sealer, where: str, timeout: float, kind: s
         times = []
         for _ in range(PINGS):
             start = time.perf_counter()
-            await asyncio.wait_for(client.ping(), timeout)
+            await within(client.ping(), timeout)
             times.append(time.perf_counter() - start)
     except asyncio.CancelledError:
         raise
@@ -96,11 +97,11 @@ async def check(client: Any, sealer: Sealer, where: str, timeout: float, kind: s
 
 
 async def _describe(client: Any, report: StoreReport, timeout: float) -> None:
-    info = _info(await asyncio.wait_for(client.info(), timeout))
+    info = _info(await within(client.info(), timeout))
     report.version = info.get("redis_version", "?")
     mode, role = info.get("redis_mode", "standalone"), info.get("role", "master")
     if mode == "cluster" and report.kind == "Redis Cluster":
-        cluster = await asyncio.wait_for(client.cluster_info(), timeout)
+        cluster = await within(client.cluster_info(), timeout)
         report.kind = f"Redis Cluster of {cluster.get('cluster_size', '?')} primaries"
         if cluster.get("cluster_state") != "ok":
             report.problem = (f"is a Redis Cluster whose state is {cluster.get('cluster_state')!r}: some slots "
@@ -125,10 +126,10 @@ async def _describe(client: Any, report: StoreReport, timeout: float) -> None:
 
 
 async def _key_check(client: Any, sealer: Sealer, report: StoreReport, timeout: float, write: bool) -> None:
-    sealed = await asyncio.wait_for(client.get(KEY_CHECK), timeout)
+    sealed = await within(client.get(KEY_CHECK), timeout)
     if sealed is None:
-        if write and await asyncio.wait_for(client.set(KEY_CHECK, sealer.seal(KEY_CHECK_TEXT, KEY_CHECK), nx=True),
-                                            timeout):
+        if write and await within(client.set(KEY_CHECK, sealer.seal(KEY_CHECK_TEXT, KEY_CHECK), nx=True),
+                                   timeout):
             report.key = "key check written (the first instance of this fleet)"
         else:
             report.key = "no key check yet (the first instance to start writes it)"
@@ -146,5 +147,5 @@ async def _key_check(client: Any, sealer: Sealer, report: StoreReport, timeout: 
         return
     report.key = "the store key opens the fleet's key check"
     if write and sealer.generation_of(sealed) != 0:  # opened by an older key: follow the newest
-        await asyncio.wait_for(client.set(KEY_CHECK, sealer.seal(KEY_CHECK_TEXT, KEY_CHECK)), timeout)
+        await within(client.set(KEY_CHECK, sealer.seal(KEY_CHECK_TEXT, KEY_CHECK)), timeout)
         report.key += " (sealed again with the first key)"

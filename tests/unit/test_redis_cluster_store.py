@@ -217,6 +217,27 @@ def test_check_says_it_is_a_cluster_of_three_primaries(fresh):
     assert report.kind == "Redis Cluster of 3 primaries" and report.key.startswith("key check written")
 
 
+def test_the_first_contact_reads_the_topology_within_a_deadline_of_its_own(fresh):
+    """redis-py's first cluster call parses the command table (COMMAND, thousands of lines): longer than
+    a tight store deadline. The look at start must still find the cluster answering, and later calls
+    keep the tight deadline."""
+    tight = 0.03
+
+    async def go():
+        link = RedisLink(fresh.url, Sealer([KEY]), tight)
+        start = time.perf_counter()
+        await link.redis.initialize()  # what the first contact costs here, to show the deadline is short
+        first_contact = time.perf_counter() - start
+        await link.close()
+        link = RedisLink(fresh.url, Sealer([KEY]), tight)
+        report = await link.look(write=False)
+        await link.close()
+        return first_contact, report
+    first_contact, report = asyncio.run(go())
+    assert first_contact > tight, "the first contact was quicker than the tight deadline: nothing shown"
+    assert report.answers and not report.problem, report
+
+
 def test_a_primary_killed_mid_traffic_bounds_every_call_and_sharing_resumes(cluster, tmp_path):
     cluster.wait_ok()
 
