@@ -154,6 +154,10 @@ class RedisLink:
         self.outages = 0
         self.errors = 0
         self._probe: asyncio.Task[None] | None = None
+        # Redis Cluster: primaries that failed a call (name -> since); their buckets' calls answer
+        # locally while every other shard keeps sharing, until the node answers or its slots moved
+        self.nodes_down: dict[str, float] = {}
+        self._node_probes: dict[str, asyncio.Task[None]] = {}
         self._last_up: float | None = None  # when the last outage ended
         # a request's first call fetches what its next calls will ask in the same round trip:
         # (client, origin, what) -> (when, raw value), each taken once
@@ -169,7 +173,8 @@ class RedisLink:
 
     @property
     def down(self) -> bool:
-        return self.down_since is not None
+        """Not every call may ask Redis: all of it is down, or (Redis Cluster) one of its primaries."""
+        return self.down_since is not None or bool(self.nodes_down)
 
     # key names: HMACs of what they are for, per key generation; with Redis Cluster, each behind the
     # hash tag of its client's bucket, so one script's keys are on one slot
@@ -252,8 +257,11 @@ class RedisLink:
             self._scripts[name] = self.redis.register_script(source)
         return self._scripts[name]
 
-    async def call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
-        if self.down_since is not None:
+    async def call(self, op: str, make: Callable[[], Awaitable[T]], client: str | None = None) -> T:
+        """`make()`'s answer within the deadline, or Down. `client`: whose keys it touches (with Redis
+        Cluster, one primary serves them all, and only that primary's failure stops its calls)."""
+        node = self.node_of(client) if client is not None and self.cluster else None
+        if self.down_since is not None or (node is not None and node in self.nodes_down):
             self.observer(op, 0.0, "down")  # answered locally without asking
             raise Down
         start = time.monotonic()
@@ -265,10 +273,22 @@ class RedisLink:
             if _wrong_type(e):  # it did answer: one client's key is bad, not the store
                 self.bad_key(op)
                 raise Down from None
-            self._failed(op, e, time.monotonic() - start)
+            if node is not None and _one_node(e):
+                self._node_failed(op, e, time.monotonic() - start, node)
+            else:
+                self._failed(op, e, time.monotonic() - start)
             raise Down from None
         self.observer(op, time.monotonic() - start, None)
         return result
+
+    def node_of(self, client: str) -> str | None:
+        """Redis Cluster: the primary serving the client's bucket, as this instance last read the
+        topology (None before it was read: a failure then marks all of Redis down)."""
+        try:
+            node = self.redis.get_node_from_key(self.tag(client))
+        except Exception:  # no topology yet, or the slot is not covered
+            return None
+        return node.name if node is not None else None
 
     def unsealable(self, op: str) -> None:
         """A value that does not open: another fleet's key, or tampering. Treated as absent."""
@@ -304,6 +324,49 @@ class RedisLink:
                     "credhop: shared store %s unavailable (%s: %s, during %s); grants made here keep working "
                     "here, nothing waits on it until it answers", self.where, cause, detail, op)
             self._mark_down()
+
+    def _node_failed(self, op: str, error: BaseException, seconds: float, node: str) -> None:
+        self.errors += 1
+        cause = _cause(error)
+        self.observer(op, seconds, cause)
+        if node in self.nodes_down or self.down_since is not None:
+            return
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        log.warning("credhop: shared store %s: primary %s unavailable (%s: %s, during %s); its clients are "
+                    "answered from what this instance holds, the other shards keep sharing", self.where, node,
+                    cause, detail, op)
+        self.nodes_down[node] = time.monotonic()
+        self.outages += 1
+        try:
+            self._node_probes[node] = asyncio.get_running_loop().create_task(self._wait_for_node(node))
+        except RuntimeError:
+            del self.nodes_down[node]  # no loop to probe from: the next call tries again
+
+    async def _wait_for_node(self, node: str) -> None:
+        """Until the primary answers again, or its slots are served by another (a replica promoted)."""
+        pause = FIRST_PROBE
+        try:
+            while True:
+                await asyncio.sleep(pause)
+                pause = PROBE_INTERVAL
+                try:
+                    await self.read_topology()  # a refresh, when the failure asked for one
+                    target = self.redis.get_node(node_name=node)
+                    if target is not None and self._serves(node):
+                        await within(self.redis.ping(target_nodes=target), self.timeout)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    continue
+                break
+        finally:
+            self._node_probes.pop(node, None)
+        since = self.nodes_down.pop(node, time.monotonic())
+        log.warning("credhop: shared store %s: the slots of %s are served again after %.1f s; its clients "
+                    "share again", self.where, node, time.monotonic() - since)
+
+    def _serves(self, node: str) -> bool:
+        return any(nodes and nodes[0].name == node for nodes in self.redis.nodes_manager.slots_cache.values())
 
     def _mark_down(self) -> None:
         """Calls answer locally from now on, while a probe waits for Redis to answer again."""
@@ -372,6 +435,8 @@ class RedisLink:
         await self.presence.close()
         if self._probe:
             self._probe.cancel()
+        for probe in list(self._node_probes.values()):
+            probe.cancel()
         try:
             await self.redis.aclose()
         except AttributeError:  # redis < 5.0.1
@@ -392,6 +457,11 @@ def _cause(error: BaseException) -> str:
     if isinstance(error, OSError) or type(error).__name__ in ("ConnectionError", "BusyLoadingError"):
         return "connection"
     return "error"
+
+
+def _one_node(error: BaseException) -> bool:
+    """A failure of the node that was asked, not one the whole cluster reports (CLUSTERDOWN)."""
+    return type(error).__name__ not in ("ClusterDownError", "MasterDownError")
 
 
 def origin_of_url(url: str) -> Origin | None:
@@ -526,7 +596,7 @@ class RedisStore:
         keys, args = self._grant_call(grant)
         script = self.link.script("grant", GRANT)
         try:
-            answer = await self.link.call("grant", lambda: script(keys=keys, args=args))
+            answer = await self.link.call("grant", lambda: script(keys=keys, args=args), grant.client)
         except Down:
             answer = None
         return await self._granted(grant, keys[0], answer)
@@ -553,7 +623,7 @@ class RedisStore:
             await self.link.script("expect", EXPECT)(keys=ekeys, args=eargs, client=pipe)
             return await pipe.execute()
         try:
-            answers = await self.link.call("grant", both)
+            answers = await self.link.call("grant", both, grant.client)
         except Down:
             await pending.local.expect(*expected)
             return await self._granted(grant, gkeys[0], None)
@@ -593,14 +663,14 @@ class RedisStore:
             if fetched:
                 values = [value]
             elif len(keys) == 1:
-                values = [await self.link.call("get", lambda: self.link.redis.hget(keys[0], "v"))]
+                values = [await self.link.call("get", lambda: self.link.redis.hget(keys[0], "v"), client)]
             else:
                 async def several() -> list[Any]:
                     pipe = self.link.redis.pipeline(transaction=False)
                     for k in keys:
                         pipe.hget(k, "v")
                     return await pipe.execute()
-                values = await self.link.call("get", several)
+                values = await self.link.call("get", several, client)
         except Down:
             return local
         now = self.clock()
@@ -626,7 +696,7 @@ class RedisStore:
                 pipe.hget(k, "v")
             return await pipe.execute()
         try:
-            values = await self.link.call("grant", several)
+            values = await self.link.call("grant", several, client)
         except Down:
             return None
         for key, value in zip(keys, values):
@@ -723,7 +793,7 @@ class RedisPending:
         keys, args, expires = self._expect_call(client, url, origin, position)
         script = self.link.script("expect", EXPECT)
         try:
-            dropped = await self.link.call("expect", lambda: script(keys=keys, args=args))
+            dropped = await self.link.call("expect", lambda: script(keys=keys, args=args), client)
         except Down:
             await self.local.expect(client, url, origin, position)
             return
@@ -760,10 +830,10 @@ class RedisPending:
             while True:
                 try:
                     if first:  # one round trip for the request: what watching() and get() ask next
-                        value = await self.link.call("follow", lambda: self._lookup(client, queue, origin))
+                        value = await self.link.call("follow", lambda: self._lookup(client, queue, origin), client)
                         first = False
                     else:
-                        value = await self.link.call("follow", lambda: self.link.redis.lpop(queue))
+                        value = await self.link.call("follow", lambda: self.link.redis.lpop(queue), client)
                 except Down:
                     return await self.local.follow(client, url)
                 if value is None:
@@ -793,7 +863,7 @@ class RedisPending:
             fetched, prefetched = self.link.prefetched(client, origin, "watch") if generation == 0 else (False, None)
             try:
                 values = prefetched if fetched else \
-                    await self.link.call("watching", lambda: self.link.redis.lrange(watch, 0, -1))
+                    await self.link.call("watching", lambda: self.link.redis.lrange(watch, 0, -1), client)
             except Down:
                 return await self.local.watching(client, origin)
             for value in values:

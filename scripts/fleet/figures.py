@@ -16,8 +16,10 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-OUTAGE = re.compile(r"credhop: shared store \S+ unavailable \((\w+)")
-RECOVERED = re.compile(r"credhop: shared store \S+ answers again after ([0-9.]+) s")
+# all of Redis, or (Redis Cluster) one primary: "shared store URL: primary HOST:PORT unavailable (…"
+OUTAGE = re.compile(r"credhop: shared store \S+?:?(?: primary \S+)? unavailable \((\w+)")
+RECOVERED = re.compile(r"credhop: shared store \S+?:? (?:answers again|the slots of \S+ are served again) "
+                       r"after ([0-9.]+) s")
 STORE_ERRORS = re.compile(r"\bstore_errors=(\d+)")
 MIN_HELD = 200  # below a few hundred grants, allocator and buffer noise is larger than what they take
 

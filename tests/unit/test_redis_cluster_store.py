@@ -276,6 +276,50 @@ def test_a_primary_killed_mid_traffic_bounds_every_call_and_sharing_resumes(clus
         cluster.wait_ok()
 
 
+def test_a_frozen_primary_stops_only_its_own_clients_calls(cluster):
+    """One primary stops answering (SIGSTOP): the first call to it waits out the deadline, later calls
+    for its buckets are answered locally at once, and every other shard's clients keep sharing. Once
+    it answers again, or its replica took over, its clients share again."""
+    from redis.crc import key_slot
+
+    cluster.wait_ok()
+    victim = cluster.primaries()[2]
+
+    async def go():
+        one, two = await started(cluster.url), await started(cluster.url)
+        clients = [f"10.7.0.{i}" for i in range(60)]
+        for client in clients:
+            assert await one.store.grant(grant(client=client, value=f"Basic {client}")) is None
+        on_victim = {c for c in clients if cluster.owner(key_slot(two.link.tag(c).encode())).port == victim.port}
+        assert 0 < len(on_victim) < len(clients)
+        # the victim's clients first: with the whole store taken for down, no other could share after
+        order = sorted(clients, key=lambda c: c not in on_victim)
+        cluster.freeze(victim)
+        try:
+            waits, found = [], {}
+            for client in order:
+                start = time.monotonic()
+                found[client] = await two.store.get(client, A)  # two has no local copies: only Redis answers
+                waits.append(time.monotonic() - start)
+        finally:
+            cluster.thaw(victim)
+        shared_meanwhile = {c for c, held in found.items() if held is not None}
+        wrong = [c for c, held in found.items() if held is not None and held.value != f"Basic {c}"]
+        deadline, healed = time.monotonic() + 30, False
+        while time.monotonic() < deadline and not healed:
+            await asyncio.sleep(0.2)
+            healed = all([await two.store.get(c, A) for c in clients]) and not two.link.down
+        await one.close(), await two.close()
+        return on_victim, shared_meanwhile, wrong, waits, healed, set(clients)
+    on_victim, shared_meanwhile, wrong, waits, healed, clients = asyncio.run(go())
+    cluster.wait_ok()
+    assert not wrong
+    assert clients - on_victim <= shared_meanwhile, "a healthy shard's clients stopped sharing"
+    assert sum(w > TIMEOUT / 2 for w in waits) <= 2, "calls kept waiting on the frozen primary"
+    assert max(waits) < TIMEOUT * 3
+    assert healed, "the frozen primary's clients never shared again"
+
+
 def test_credhop_check_store_names_the_cluster(fresh, tmp_path):
     import io
 
